@@ -1,0 +1,12 @@
+"""Transformer Copilot (Zou et al., NeurIPS 2025) on the Hugging Face stack.
+
+Importing this package registers the `"copilot"` PEFT method, so `get_peft_model(pilot, CopilotConfig())` works.
+"""
+
+from .fusion import copilot_loss, fuse_logits
+from .tuner import CopilotCausalLMOutput, CopilotConfig, CopilotModel
+
+
+__version__ = "0.1.0"
+
+__all__ = ["CopilotCausalLMOutput", "CopilotConfig", "CopilotModel", "copilot_loss", "fuse_logits"]

@@ -1,0 +1,147 @@
+"""`CopilotConfig`: the PEFT configuration of a Transformer Copilot adapter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aenum import extend_enum
+from peft import PeftConfig
+from peft.utils import PeftType
+
+
+# PEFT's `register_peft_method` only accepts names that are members of `PeftType`, and its save path checks enum
+# membership too, so the enum is extended once per process (importing this module twice is a no-op).
+if "COPILOT" not in PeftType.__members__:
+    extend_enum(PeftType, "COPILOT", "COPILOT")
+
+FUSION_MODES = ("logit", "prob")
+COPILOT_INITS = ("pilot_layers", "pretrained", "random")
+INFERENCE_FEEDS = ("copilot", "pilot_error")
+
+
+@dataclass
+class CopilotConfig(PeftConfig):
+    """
+    Configuration of a Transformer Copilot adapter (Zou et al., NeurIPS 2025).
+
+    The Copilot is a small decoder of the Pilot's own family that reads the Pilot's token-level errors and predicts
+    the next one; its prediction is fused into the Pilot's next-token logits.
+
+    Args:
+        num_layers (`int`, *optional*):
+            Copilot depth. Odd layers (1-based) use causal self-attention, even layers cross-attend to the Pilot's
+            input embeddings and layer-pooled hidden states. Defaults to a quarter of the Pilot's layers, at least 2.
+        init (`str`, defaults to `"pilot_layers"`):
+            How the Copilot's blocks are initialised: `"pilot_layers"` copies evenly spaced decoder layers of the Pilot,
+            `"pretrained"` copies the decoder layers of `pretrained_model_name_or_path` (a smaller model of the same
+            family), `"random"` uses the Pilot's initialiser.
+        pretrained_model_name_or_path (`str`, *optional*):
+            The smaller pretrained decoder used when `init="pretrained"`.
+        init_layers (`list[int]`, *optional*):
+            Which source layers (0-based) initialise the Copilot's blocks; defaults to evenly spaced layers.
+        fusion_lambda (`float`, defaults to 1.0):
+            Correction strength λ. `0` reproduces the Pilot exactly. Can be changed on the active config at any time.
+        fusion_mode (`str`, defaults to `"prob"`):
+            `"prob"`: p̃ = clamp(softmax(z) + λ·f, floor), renormalised, returned as log p̃ (the paper's Eq. 8).
+            `"logit"`: z̃ = z + λ·f (the paper's figures).
+        pooled_layers (`list[int]`, *optional*):
+            Which Pilot decoder layers (0-based) are mean-pooled into the memory the Copilot attends to; all if unset.
+        inference_feed (`str`, defaults to `"copilot"`):
+            What the Copilot reads on generated positions: `"copilot"` its own previous correction (Algorithm 2), or
+            `"pilot_error"` onehot(ŷ) − p̂ of the token actually generated.
+        dropout (`float`, defaults to 0.0):
+            Dropout on the Copilot's attention and MLP outputs while training.
+        prob_floor (`float`, defaults to 1e-10):
+            Lower clamp of fused probabilities in `"prob"` mode, so log p̃ stays finite.
+        modules_to_save (`list[str]`, *optional*):
+            Pilot modules to train and save alongside the Copilot (read and written by TRL's `SFTTrainer`).
+        trainable_token_indices (`list[int]` or `dict`, *optional*):
+            Token indices whose embeddings train (read and written by TRL's `SFTTrainer` for added chat tokens).
+    """
+
+    num_layers: int | None = field(
+        default=None, metadata={"help": "Copilot depth; defaults to a quarter of the Pilot's layers (at least 2)."}
+    )
+    init: Literal["pilot_layers", "pretrained", "random"] = field(
+        default="pilot_layers",
+        metadata={
+            "help": "Initialise the Copilot from the Pilot's layers, a smaller pretrained decoder, or randomly."
+        },
+    )
+    pretrained_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Smaller pretrained decoder of the Pilot's family, for init='pretrained'."}
+    )
+    init_layers: list[int] | None = field(
+        default=None, metadata={"help": "Source layers (0-based) copied into the Copilot; evenly spaced if unset."}
+    )
+    fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ; 0 reproduces the Pilot."})
+    fusion_mode: Literal["logit", "prob"] = field(
+        default="prob", metadata={"help": "Fuse in probability space ('prob', Eq. 8) or logit space ('logit')."}
+    )
+    pooled_layers: list[int] | None = field(
+        default=None, metadata={"help": "Pilot decoder layers (0-based) mean-pooled for the Copilot; all if unset."}
+    )
+    inference_feed: Literal["copilot", "pilot_error"] = field(
+        default="copilot",
+        metadata={"help": "Copilot input on generated positions: its own output, or onehot(ŷ) − p̂ of the token."},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot while training."})
+    prob_floor: float = field(default=1e-10, metadata={"help": "Clamp of fused probabilities in 'prob' mode."})
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Pilot modules trained and saved with the adapter (TRL reads this)."}
+    )
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
+        default=None, metadata={"help": "Token indices whose embeddings train (TRL writes this for added tokens)."}
+    )
+    # Filled in when the adapter is created; they let a saved adapter be rebuilt and checked against a new Pilot.
+    pilot_model_type: str | None = field(default=None, metadata={"help": "Set on creation: the Pilot's model_type."})
+    pilot_vocab_size: int | None = field(default=None, metadata={"help": "Set on creation: the Pilot's vocab size."})
+    pilot_hidden_size: int | None = field(default=None, metadata={"help": "Set on creation: the Pilot's hidden size."})
+    copilot_architecture: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Set on creation: the Copilot network's shape (width, heads, layers, ...)."}
+    )
+    pilot_lora_config: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Set on creation for a LoRA-tuned Pilot: its LoRA config, re-applied when loading."},
+    )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Fusion settings may be changed on a live model (they take effect at the next forward), so they are checked
+        # where they are set rather than deep inside the forward pass.
+        if name == "fusion_lambda":
+            validate_fusion_lambda(value)
+        elif name == "fusion_mode":
+            validate_fusion_mode(value)
+        super().__setattr__(name, value)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.COPILOT
+        if self.task_type is None:
+            self.task_type = "CAUSAL_LM"
+        if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
+            raise ValueError(f"CopilotConfig.num_layers must be an integer >= 1, got {self.num_layers!r}.")
+        if self.init not in COPILOT_INITS:
+            raise ValueError(f"CopilotConfig.init must be one of {COPILOT_INITS}, got {self.init!r}.")
+        if self.init == "pretrained" and not self.pretrained_model_name_or_path:
+            raise ValueError("CopilotConfig(init='pretrained') needs pretrained_model_name_or_path.")
+        if self.inference_feed not in INFERENCE_FEEDS:
+            raise ValueError(
+                f"CopilotConfig.inference_feed must be one of {INFERENCE_FEEDS}, got {self.inference_feed!r}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CopilotConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+        if not (0.0 < self.prob_floor < 1.0):
+            raise ValueError(f"CopilotConfig.prob_floor must be in (0, 1), got {self.prob_floor!r}.")
+
+
+def validate_fusion_mode(mode: str) -> None:
+    if mode not in FUSION_MODES:
+        raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {mode!r}.")
+
+
+def validate_fusion_lambda(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"fusion_lambda must be a finite number >= 0, got {value!r}.")

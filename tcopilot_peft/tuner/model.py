@@ -1,0 +1,638 @@
+"""`CopilotModel`: the PEFT tuner that wraps a Pilot with a Transformer Copilot and fuses its corrections.
+
+The tuner does not inject layers into the Pilot. It owns the Copilot network (`copilot_model[adapter_name]`) and
+overrides `forward` and `generate`: the Pilot runs as usual (with `output_hidden_states=True`), the Copilot reads the
+Pilot's embeddings, layer-pooled hidden states and errors, and its correction is fused into the returned logits.
+Fusion therefore lives in the forward pass, so every `generate()` strategy and every logits reader (lm-eval's
+log-likelihood scoring) sees fused logits.
+
+What the Copilot reads at position t (its input is the Pilot's error at position t − 1, the paper's shifted ℓ_{<i}):
+
+* with `labels` (teacher forcing, training): ℓ_{t−1} = onehot(y_{t−1}) − p̂_{t−1} where that target exists, else 0;
+* without labels (inference): 0 on prompt positions (the paper's Copilot only runs over the response), and on
+  generated positions either its own previous output f_{t−1} (Algorithm 2, `inference_feed="copilot"`) or
+  onehot(ŷ_{t−1}) − p̂_{t−1} for the token actually generated (`inference_feed="pilot_error"`).
+
+Inside `generate()` the prompt is the input given to `generate`. A plain forward without labels treats its whole input
+as prompt (so its last position gives exactly what generation uses for the first new token); to score a given
+continuation with fused logits, pass `copilot_prompt_length` (an int, or one length per row) and the positions from
+there on are treated as generated.
+
+The Copilot's KV cache lives in extra layer slots of the Pilot's own `Cache` (after the Pilot's layers), so
+generate's beam reordering, batch expansion and cropping apply to both for free.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import PeftType
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..fusion import copilot_loss, error_embedding, fuse_logits, shift_targets
+from .config import CopilotConfig
+from .network import CopilotNetwork, CopilotNetworkConfig
+
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+@dataclass
+class CopilotCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` whose `logits` are fused, plus what training needs.
+
+    Args:
+        loss: the Pilot's own cross-entropy (when `labels` were given).
+        logits: fused logits.
+        pilot_logits: the Pilot's logits.
+        copilot_logits: the Copilot's correction f.
+        copilot_loss: the Copilot's loss against ℓ (when `labels` were given; no gradient reaches the Pilot).
+        copilot_memory_x, copilot_memory_h: detached X̃ and layer-pooled Pilot states, the Mistake Log's inputs.
+    """
+
+    pilot_logits: torch.Tensor | None = None
+    copilot_logits: torch.Tensor | None = None
+    copilot_loss: torch.Tensor | None = None
+    copilot_memory_x: torch.Tensor | None = None
+    copilot_memory_h: torch.Tensor | None = None
+
+
+class CopilotLayer(nn.Module, BaseTunerLayer):
+    """Holds the Copilot networks, one per adapter name, so PEFT's adapter bookkeeping (status, enable/disable,
+    `requires_grad` per adapter, state-dict selection) treats the Copilot like any other tuner layer."""
+
+    adapter_layer_names = ("copilot_model",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copilot_model = nn.ModuleDict()
+
+
+class CopilotModel(BaseTuner):
+    """PEFT tuner for Transformer Copilot; created by `get_peft_model(pilot, CopilotConfig(...))`.
+
+    `pilot` may be a transformers causal LM (full precision or bitsandbytes 4/8-bit) or a `PeftModel` carrying LoRA
+    adapters (a LoRA-tuned Pilot): its LoRA layers stay in place, keep training, and are saved and loaded with the
+    Copilot.
+    """
+
+    prefix: str = "copilot_"
+    tuner_layer_cls = BaseTunerLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
+        configs = config if isinstance(config, dict) else {adapter_name: config}
+        if isinstance(model, PeftModel):
+            model = _unwrap_lora_pilot(model, configs[adapter_name])
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+
+    # ------------------------------------------------------------------ PEFT tuner interface
+
+    def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
+        self.copilot_layer = CopilotLayer()
+        self._generation_prompt_length: int | None = None
+        self._pilot_forward = None  # the Pilot's own forward while generate() routes through the fused one
+        self._gram_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
+        return peft_config
+
+    def _check_target_module_exists(self, peft_config, key: str) -> bool:
+        return False  # the Copilot is a side network; no Pilot module is replaced
+
+    def _create_and_replace(self, *args, **kwargs) -> None:
+        raise RuntimeError("CopilotModel does not replace Pilot modules.")
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict=None,
+    ) -> None:
+        config: CopilotConfig = self.peft_config[adapter_name]
+        _check_pilot(model, config)
+        if config.pilot_lora_config and not any(isinstance(m, LoraLayer) for m in model.modules()):
+            # A Copilot saved from a LoRA-tuned Pilot brings that Pilot's LoRA weights; recreate the layers to hold them.
+            lora_fields = {k: v for k, v in config.pilot_lora_config.items() if k in LoraConfig.__dataclass_fields__}
+            lora_fields.pop("peft_type", None)
+            inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=adapter_name)
+
+        source = _load_init_source(model, config)
+        architecture = _resolve_architecture(model, config, source)
+        network = CopilotNetwork(architecture)
+        if not config.inference_mode:
+            # When loading a saved adapter the weights are overwritten right after, so copying is skipped.
+            _initialise_from_source(network, model, config, source)
+        embedding = model.get_input_embeddings().weight
+        network.to(device=embedding.device)
+        if not autocast_adapter_dtype:
+            network.to(dtype=embedding.dtype)
+        self.copilot_model[adapter_name] = network
+        self.copilot_layer.set_adapter(self.active_adapters)
+
+        text_config = model.config.get_text_config()
+        config.pilot_model_type = text_config.model_type
+        config.pilot_vocab_size = model.get_output_embeddings().weight.shape[0]
+        config.pilot_hidden_size = text_config.hidden_size
+        config.num_layers = architecture.num_layers
+        config.copilot_architecture = architecture.to_dict()
+        self._mark_only_adapters_as_trainable(model)
+        if config.inference_mode:
+            network.requires_grad_(False)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        marker = f"copilot_model.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, "copilot_model.")
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        expected = [k for k in model.state_dict() if f"copilot_model.{adapter_name}." in k]
+        missing = [k for k in expected if k not in remapped]
+        if missing:
+            raise ValueError(
+                f"The Copilot adapter file is missing {len(missing)} of {len(expected)} Copilot weights "
+                f"(first: {missing[0]!r}); it is incomplete or was saved from a different Copilot architecture."
+            )
+        return remapped
+
+    @property
+    def copilot_model(self) -> nn.ModuleDict:
+        return self.copilot_layer.copilot_model
+
+    def disable_adapter_layers(self) -> None:
+        """Turn the Copilot off: outputs are the Pilot's own (a LoRA-tuned Pilot keeps its LoRA)."""
+        self.copilot_layer.enable_adapters(False)
+
+    def enable_adapter_layers(self) -> None:
+        self.copilot_layer.enable_adapters(True)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        if isinstance(adapter_name, list):
+            if len(adapter_name) != 1:
+                raise ValueError("Only one Copilot adapter can be active at a time.")
+            adapter_name = adapter_name[0]
+        if adapter_name not in self.copilot_model:
+            raise ValueError(f"Unknown Copilot adapter {adapter_name!r}; known: {list(self.copilot_model)}.")
+        self.active_adapter = adapter_name
+        self.copilot_layer.set_adapter(adapter_name, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.copilot_model:
+            raise ValueError(f"Unknown Copilot adapter {adapter_name!r}.")
+        del self.copilot_model[adapter_name]
+        del self.peft_config[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.copilot_model), None)
+
+    def merge_and_unload(self, *args, **kwargs):
+        raise ValueError("A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back.")
+
+    def unload(self) -> nn.Module:
+        return self.model
+
+    # ------------------------------------------------------------------ small helpers
+
+    @property
+    def active_config(self) -> CopilotConfig:
+        return self.peft_config[self.active_adapter]
+
+    @property
+    def active_network(self) -> CopilotNetwork:
+        return self.copilot_model[self.active_adapter]
+
+    def _copilot_active(self) -> bool:
+        return (
+            not self.copilot_layer.disable_adapters
+            and isinstance(self.active_adapter, str)
+            and self.active_adapter in self.copilot_model
+        )
+
+    def _embedding_weight(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight.detach()
+
+    def _head_weight(self) -> torch.Tensor:
+        weight = self.model.get_output_embeddings().weight
+        if not weight.is_floating_point():
+            raise ValueError("The Copilot reuses the Pilot's LM head, which must not be quantized.")
+        return weight.detach()
+
+    def copilot_head(self, u: torch.Tensor) -> torch.Tensor:
+        """The correction f = W_head · u through the Pilot's frozen LM head (no gradient reaches the head)."""
+        weight = self._head_weight()
+        return torch.nn.functional.linear(u.to(weight.dtype), weight).float()
+
+    def _gram(self) -> torch.Tensor:
+        """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""
+        head, embedding = self._head_weight(), self._embedding_weight()
+        key = (head.data_ptr(), head._version, embedding.data_ptr(), embedding._version, head.device)
+        if self._gram_cache is None or self._gram_cache[0] != key:
+            self._gram_cache = (key, head.float().T @ embedding.float())
+        return self._gram_cache[1]
+
+    def _pilot_memory(self, hidden_states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """X̃ (the embedding output) and the mean over the pooled Pilot layers, each layer RMS-normalised first.
+
+        `hidden_states[0]` is the embedding output; the last entry is post-final-norm while the others are raw
+        residual streams, so every layer is normalised before averaging.
+        """
+        layers = hidden_states[1:]
+        chosen = self.active_config.pooled_layers
+        stacked = torch.stack([layers[i] for i in chosen] if chosen else list(layers)).float()
+        stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return hidden_states[0].detach(), stacked.mean(0).detach()
+
+    # ------------------------------------------------------------------ the Copilot on logged or fresh errors
+
+    def copilot_teacher_forced(
+        self,
+        memory_x: torch.Tensor,
+        memory_h: torch.Tensor,
+        key_valid: torch.Tensor,
+        targets: torch.Tensor,
+        probs: torch.Tensor | None = None,
+        topk_probs: torch.Tensor | None = None,
+        topk_ids: torch.Tensor | None = None,
+        loss_kind: str = "rmse",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the Copilot teacher-forced on the Pilot's errors and return (f, loss).
+
+        This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
+        Mistake Log replay (logged errors, top-k p̂). `targets[:, t]` is the gold token after position t (-100 where
+        there is none); the Copilot's input at t is the error at t − 1.
+        """
+        errors = error_embedding(self._embedding_weight(), targets, probs, topk_probs, topk_ids)
+        inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
+        u = self.active_network(inputs, memory_x, memory_h, key_valid)
+        correction = self.copilot_head(u)
+        return correction, copilot_loss(correction, targets, probs, topk_probs, topk_ids, kind=loss_kind)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        copilot_prompt_length: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        for key in ("output_attentions", "output_hidden_states", "return_dict"):
+            if kwargs.get(key) is None:
+                kwargs.pop(key, None)
+        if not self._copilot_active():
+            return self._run_pilot(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        return self._fused_forward(
+            input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, copilot_prompt_length, **kwargs
+        )
+
+    def _run_pilot(self, **kwargs):
+        pilot_forward = self._pilot_forward or self.model
+        return pilot_forward(**kwargs)
+
+    def _fused_forward(self, input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, prompt_length, **kw):
+        config = self.active_config
+        keep_hidden = kw.pop("output_hidden_states", False)
+        feed_pilot_error = labels is None and config.inference_feed == "pilot_error"
+        out = self._run_pilot(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            # The "pilot_error" feed needs p̂ at every position of the call; otherwise the Pilot keeps what was asked.
+            logits_to_keep=0 if feed_pilot_error else logits_to_keep,
+            output_hidden_states=True,
+            **kw,
+        )
+        memory_x, memory_h = self._pilot_memory(out.hidden_states)
+        batch, length = memory_x.shape[:2]
+        cache = out.get("cache", out.get("past_key_values"))
+        slots = self._copilot_slots(cache) if cache is not None else None
+        past = cache.layers[slots[1]].get_seq_length() if slots is not None else 0
+        key_valid = _key_valid(attention_mask, batch, past + length, memory_x.device)
+        pilot_logits = out.logits
+        copilot_loss_value = None
+        if labels is not None:
+            if past:
+                raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
+            targets = shift_targets(labels)
+            probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
+            correction, copilot_loss_value = self.copilot_teacher_forced(
+                memory_x, memory_h, key_valid, targets, probs=probs
+            )
+        else:
+            if prompt_length is None:
+                prompt_length = self._generation_prompt_length
+            u = self._copilot_inference(
+                memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
+            )
+            correction = self.copilot_head(_keep_positions(u, logits_to_keep))
+            if feed_pilot_error:
+                pilot_logits = _keep_positions(pilot_logits, logits_to_keep)
+        fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
+        return CopilotCausalLMOutput(
+            loss=out.loss,
+            logits=fused,
+            cache=cache,
+            hidden_states=out.hidden_states if keep_hidden else None,
+            attentions=out.get("attentions"),
+            pilot_logits=pilot_logits,
+            copilot_logits=correction,
+            copilot_loss=copilot_loss_value,
+            copilot_memory_x=memory_x if labels is not None else None,
+            copilot_memory_h=memory_h if labels is not None else None,
+        )
+
+    def _copilot_slots(self, cache) -> tuple[int, int]:
+        """Cache slots of the Copilot's blocks and of its pending input, after the Pilot's own layers."""
+        if not isinstance(cache, DynamicCache):
+            raise ValueError(
+                f"Copilot generation needs a DynamicCache (the default), got {type(cache).__name__}; "
+                "do not pass cache_implementation='static' or another cache type."
+            )
+        first = self.model.config.get_text_config().num_hidden_layers
+        pending = first + self.active_network.config.num_layers
+        while len(cache.layers) <= pending:
+            cache.layers.append(DynamicLayer())
+        return first, pending
+
+    def _copilot_inference(
+        self, memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
+    ) -> torch.Tensor:
+        """Algorithm 2 over the positions of this call; returns u at every position.
+
+        `pending[:, t]` is what the Copilot reads at position t + 1 when that position is generated: u_t·G (= f_t·E,
+        its own output) or −p̂_t·E (to which E[ŷ_{t+1}] = X̃_{t+1} is added). It is kept in a cache slot between calls.
+        """
+        network = self.active_network
+        batch, length, width = memory_x.shape
+        device = memory_x.device
+        positions = past + torch.arange(length, device=device)
+        if prompt_length is None:
+            generated = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        else:
+            generated = positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)
+        generated = generated.unsqueeze(-1)
+        previous = torch.zeros(batch, 1, width, device=device)
+        if past:
+            previous = cache.layers[slots[1]].keys[:, 0, -1:, :].float()
+        offset = slots[0] if slots is not None else 0
+
+        if feed_pilot_error:
+            pending = -(torch.softmax(pilot_logits.float(), dim=-1) @ self._embedding_weight().float())
+            inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
+            u = network(inputs, memory_x, memory_h, key_valid, cache, offset)
+        else:
+            gram = self._gram()
+            any_generated = generated.squeeze(-1).any(0)
+            first_generated = int(any_generated.float().argmax()) if any_generated.any() else length
+            # Up to the first generated position (exclusive, but at least one position) every input is known and
+            # runs as one chunk; each later position reads the previous one's output, so they run one at a time.
+            split = max(1, first_generated)
+            scratch = cache is None and split < length
+            run_cache = DynamicCache() if scratch else cache
+            outputs = []
+            for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]:
+                inputs = torch.zeros(batch, end - start, width, device=device)
+                inputs[:, :1] = previous * generated[:, start : start + 1]
+                outputs.append(
+                    network(
+                        inputs,
+                        memory_x[:, start:end],
+                        memory_h[:, start:end],
+                        key_valid[:, : past + end],
+                        run_cache,
+                        offset,
+                    )
+                )
+                previous = outputs[-1][:, -1:].float() @ gram
+            u = torch.cat(outputs, dim=1)
+            pending = u.float() @ gram
+        if slots is not None:
+            stored = pending.unsqueeze(1)
+            cache.update(stored, stored[..., :0], slots[1])
+        return u
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, *args, **kwargs):
+        """`generate()` of the Pilot with fused logits; any decoding strategy works. The Copilot off gives the Pilot's."""
+        if not self._copilot_active():
+            return self.model.generate(*args, **kwargs)
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        if inputs is None:
+            raise ValueError("Copilot generation needs `input_ids` or `inputs_embeds`.")
+        with self._route_generation_through_fusion(prompt_length=inputs.shape[1]):
+            return self.model.generate(*args, **kwargs)
+
+    @contextmanager
+    def _route_generation_through_fusion(self, prompt_length: int):
+        pilot = self.model
+        had_instance_forward = "forward" in pilot.__dict__
+        original = pilot.forward
+        self._pilot_forward = original
+
+        @functools.wraps(original)
+        def fused(*args, **kwargs):
+            return self.forward(*args, **kwargs)
+
+        pilot.forward = fused
+        self._generation_prompt_length = prompt_length
+        try:
+            yield
+        finally:
+            if had_instance_forward:
+                pilot.forward = original
+            else:
+                del pilot.forward
+            self._pilot_forward = None
+            self._generation_prompt_length = None
+
+
+# ---------------------------------------------------------------------- module-level helpers
+
+
+def _first(slots: tuple[int, int] | None) -> int:
+    return slots[0] if slots is not None else 0
+
+
+def _key_valid(attention_mask, batch: int, total: int, device) -> torch.Tensor:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] == total:
+        return attention_mask.to(device=device, dtype=torch.bool)
+    return torch.ones(batch, total, dtype=torch.bool, device=device)
+
+
+def _keep_positions(tensor: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(logits_to_keep, int):
+        return tensor if logits_to_keep == 0 else tensor[:, -logits_to_keep:]
+    return tensor[:, logits_to_keep]
+
+
+def _unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
+    """A LoRA-tuned Pilot: keep its LoRA layers in place and remember its LoRA config for saving."""
+    lora = model.peft_config[model.active_adapter]
+    if lora.peft_type != PeftType.LORA:
+        raise ValueError(
+            f"A Pilot that is a PeftModel must carry LoRA adapters; got {lora.peft_type}. Unload it first."
+        )
+    lora_dict = lora.to_dict()
+    for key, value in list(lora_dict.items()):
+        if isinstance(value, set):
+            lora_dict[key] = sorted(value)
+        elif hasattr(value, "value"):
+            lora_dict[key] = value.value
+    config.pilot_lora_config = lora_dict
+    return model.get_base_model()
+
+
+def _check_pilot(model: nn.Module, config: CopilotConfig) -> None:
+    text_config = getattr(model, "config", None)
+    text_config = text_config.get_text_config() if text_config is not None else None
+    model_type = getattr(text_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"Transformer Copilot does not support the Pilot architecture {model_type!r} "
+            f"({type(model).__name__}); supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+        )
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if config.pilot_vocab_size is not None and config.pilot_vocab_size != vocab_size:
+        raise ValueError(
+            f"This Copilot was trained for a Pilot with vocabulary size {config.pilot_vocab_size}, but the Pilot it "
+            f"is being loaded onto has vocabulary size {vocab_size}."
+        )
+    if config.pilot_hidden_size is not None and config.pilot_hidden_size != text_config.hidden_size:
+        raise ValueError(
+            f"This Copilot was trained for a Pilot with hidden size {config.pilot_hidden_size}, but the Pilot it is "
+            f"being loaded onto has hidden size {text_config.hidden_size}."
+        )
+
+
+def _load_init_source(model: nn.Module, config: CopilotConfig) -> nn.Module | None:
+    """The model whose decoder layers initialise the Copilot (None for random init or when loading weights)."""
+    if config.init == "random" or config.copilot_architecture is not None and config.inference_mode:
+        return None
+    if config.init == "pilot_layers":
+        return model
+    from transformers import AutoModelForCausalLM
+
+    source = AutoModelForCausalLM.from_pretrained(config.pretrained_model_name_or_path, dtype=torch.float32)
+    pilot_type = model.config.get_text_config().model_type
+    if source.config.model_type != pilot_type:
+        raise ValueError(
+            f"The Copilot's pretrained source {config.pretrained_model_name_or_path!r} is a "
+            f"{source.config.model_type!r} model; it must be of the Pilot's family ({pilot_type!r})."
+        )
+    return source
+
+
+def _resolve_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module | None) -> CopilotNetworkConfig:
+    pilot_config = model.config.get_text_config()
+    if config.copilot_architecture is not None:
+        architecture = CopilotNetworkConfig(**config.copilot_architecture)
+        architecture.dropout = config.dropout
+        return architecture
+    shape_source = source if config.init == "pretrained" else model
+    shape = shape_source.config.get_text_config()
+    attention = _decoder_layers(shape_source)[0].self_attn
+    num_layers = config.num_layers
+    if num_layers is None:
+        num_layers = (
+            shape.num_hidden_layers if config.init == "pretrained" else max(2, pilot_config.num_hidden_layers // 4)
+        )
+    return CopilotNetworkConfig(
+        memory_size=pilot_config.hidden_size,
+        hidden_size=shape.hidden_size,
+        num_layers=num_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=getattr(shape, "num_key_value_heads", None) or shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        rms_norm_eps=getattr(shape, "rms_norm_eps", 1e-6),
+        attention_bias=_base_linear(attention.q_proj).bias is not None,
+        dropout=config.dropout,
+    )
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"Cannot find the decoder layers of {type(model).__name__} (expected `model.layers`).")
+    return layers
+
+
+def _base_linear(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+
+def _float_weight(module: nn.Module) -> torch.Tensor:
+    """A full-precision copy of a (possibly LoRA-wrapped or bitsandbytes-quantized) linear layer's weight."""
+    module = _base_linear(module)
+    weight = module.weight
+    if weight.is_floating_point() and type(weight).__name__ not in ("Params4bit", "Int8Params"):
+        return weight.detach().float()
+    from peft.utils.integrations import dequantize_module_weight
+
+    return dequantize_module_weight(module).detach().float()
+
+
+def _initialise_from_source(network: CopilotNetwork, model: nn.Module, config: CopilotConfig, source) -> None:
+    if source is None:
+        std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+        for block in network.layers:
+            for linear in block.modules():
+                if isinstance(linear, nn.Linear):
+                    nn.init.normal_(linear.weight, std=std)
+                    if linear.bias is not None:
+                        nn.init.zeros_(linear.bias)
+        return
+    source_layers = _decoder_layers(source)
+    count = len(network.layers)
+    indices = config.init_layers
+    if indices is None:
+        last = len(source_layers) - 1
+        indices = [round(i * last / (count - 1)) for i in range(count)] if count > 1 else [0]
+    if len(indices) != count or any(not 0 <= i < len(source_layers) for i in indices):
+        raise ValueError(
+            f"init_layers must name {count} source layers in [0, {len(source_layers)}), got {indices}; "
+            "a Copilot initialised from the Pilot's layers cannot be deeper than the Pilot."
+        )
+    with torch.no_grad():
+        for block, index in zip(network.layers, indices):
+            layer = source_layers[index]
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                target, origin = getattr(block.attn, name), _base_linear(getattr(layer.self_attn, name))
+                target.weight.copy_(_float_weight(origin))
+                if target.bias is not None and origin.bias is not None:
+                    target.bias.copy_(origin.bias.detach().float())
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(block.mlp, name).weight.copy_(_float_weight(getattr(layer.mlp, name)))
+            block.input_layernorm.weight.copy_(layer.input_layernorm.weight.detach().float())
+            block.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight.detach().float())
+    if config.init == "pretrained" and source is not model:
+        warnings.warn("Copied the Copilot's blocks from a pretrained decoder; its embeddings and head are not used.")

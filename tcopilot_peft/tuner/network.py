@@ -1,0 +1,218 @@
+"""The Copilot network of Transformer Copilot (Zou et al., NeurIPS 2025, §3.1 and App. A.2), for decoder-only Pilots.
+
+Read top to bottom: RMSNorm, SwiGLU MLP, one attention module used both as causal self-attention and as the
+paper's modified cross-attention (Eq. 6), a block, and the network.
+
+    error_embeds (ℓ_{<i}·E, d_P) ──input_proj──►  x  (d_C)
+    for l = 1..L_C:
+        odd l:   x = x + SelfAttn(norm(x))                         causal over the Copilot's own positions
+        even l:  x = x + CrossAttn(norm(x), memory)                memory = [X̃ ; mean_l h_l], causally masked
+        x = x + MLP(norm(x))
+    u = output_proj(final_norm(x))   (d_P)   ──► the Pilot's frozen LM head gives f ∈ R^|V|  (outside this file)
+
+The blocks have the shape of the Llama / Qwen2 / Mistral decoder layer (pre-RMSNorm, grouped-query attention,
+SwiGLU), so their weights can be copied from the Pilot's layers or from a smaller pretrained decoder of the same
+family. There are no positional embeddings (App. E.2: position comes through the Pilot's states), which also makes the
+Copilot's output independent of left padding.
+
+Causality: the query at position t sees Copilot inputs, X̃ and pooled Pilot states at positions ≤ t only. Each of those
+depends on tokens ≤ t, which the Pilot has already read at position t, so no future target can leak in.
+
+KV caching: when `cache` is given (any object with the transformers `Cache.update(k, v, layer_idx)` method), every
+block appends its keys/values under `cache_offset + block_index`. Cross-attention layers store the keys of X̃ and of
+the pooled states side by side in the head dimension, so one cache slot per block keeps them aligned by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class CopilotNetworkConfig:
+    memory_size: int  # d_P: width of the Pilot's hidden states, error embeddings and the LM head's input
+    hidden_size: int  # d_C: the Copilot's width
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = False  # q/k/v biases (Qwen2 has them)
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: CopilotNetworkConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention. Self-attention reads keys/values from `x`; cross-attention from the memory."""
+
+    def __init__(self, config: CopilotNetworkConfig, is_cross: bool):
+        super().__init__()
+        self.is_cross = is_cross
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        d, kv = config.hidden_size, self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(d, kv, bias=config.attention_bias)
+        self.v_proj = nn.Linear(d, kv, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], n, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        memory: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: Any | None,
+        layer_idx: int,
+    ) -> torch.Tensor:
+        q = self._heads(self.q_proj(x), self.num_heads)
+        if self.is_cross:
+            memory_x, memory_h = memory
+            # Keys of X̃ and of the pooled states are cached side by side, then laid out along the sequence.
+            k = torch.cat([self._heads(self.k_proj(m), self.num_kv_heads) for m in (memory_x, memory_h)], dim=-1)
+            v = torch.cat([self._heads(self.v_proj(m), self.num_kv_heads) for m in (memory_x, memory_h)], dim=-1)
+            if cache is not None:
+                k, v = cache.update(k, v, layer_idx)
+            k = torch.cat(k.split(self.head_dim, dim=-1), dim=2)
+            v = torch.cat(v.split(self.head_dim, dim=-1), dim=2)
+            mask = torch.cat([mask, mask], dim=-1)
+        else:
+            k = self._heads(self.k_proj(x), self.num_kv_heads)
+            v = self._heads(self.v_proj(x), self.num_kv_heads)
+            if cache is not None:
+                k, v = cache.update(k, v, layer_idx)
+        if self.num_kv_heads != self.num_heads:
+            # Explicit head repetition: SDPA's `enable_gqa` does not combine with a boolean mask on every backend.
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.num_heads * self.head_dim)
+        return self.o_proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, config: CopilotNetworkConfig, is_cross: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config, is_cross)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, memory, cache, layer_idx):
+        x = x + self.dropout(self.attn(self.input_layernorm(x), mask, memory, cache, layer_idx))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class CopilotNetwork(nn.Module):
+    def __init__(self, config: CopilotNetworkConfig):
+        super().__init__()
+        self.config = config
+        d_p, d_c = config.memory_size, config.hidden_size
+        self.input_proj = nn.Linear(d_p, d_c, bias=False)
+        # X̃ (raw embeddings) and the pooled states have very different scales; each gets its own norm.
+        self.memory_x_norm = RMSNorm(d_p, config.rms_norm_eps)
+        self.memory_h_norm = RMSNorm(d_p, config.rms_norm_eps)
+        # Dimension alignment (App. E.2) when the Copilot is narrower or wider than the Pilot; shared by all layers.
+        self.memory_proj = nn.Linear(d_p, d_c, bias=False) if d_p != d_c else nn.Identity()
+        # 1-based odd layers self-attend, even layers cross-attend (the paper's "Pattern 1").
+        self.layers = nn.ModuleList([Block(config, is_cross=(i % 2 == 1)) for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(d_c, config.rms_norm_eps)
+        self.output_proj = nn.Linear(d_c, d_p, bias=False)
+        self.reset_io_parameters()
+
+    def reset_io_parameters(self) -> None:
+        """Initialise the maps around the blocks. The output map starts at zero, so a new Copilot corrects nothing."""
+        d_p, d_c = self.config.memory_size, self.config.hidden_size
+        with torch.no_grad():
+            if d_p == d_c:
+                self.input_proj.weight.copy_(torch.eye(d_c))
+            else:
+                nn.init.normal_(self.input_proj.weight, std=d_p**-0.5)
+                nn.init.normal_(self.memory_proj.weight, std=d_p**-0.5)
+            nn.init.zeros_(self.output_proj.weight)
+
+    @staticmethod
+    def attention_mask(key_valid: torch.Tensor, query_length: int) -> torch.Tensor:
+        """Boolean mask `(batch, 1, query_length, key_length)`: causal, padding removed.
+
+        Queries are the last `query_length` key positions. Each query always sees its own position, so rows of padding
+        stay finite (their outputs are never used).
+        """
+        key_length = key_valid.shape[1]
+        key_pos = torch.arange(key_length, device=key_valid.device)
+        query_pos = key_pos[key_length - query_length :]
+        causal = key_pos[None, :] <= query_pos[:, None]
+        diagonal = key_pos[None, :] == query_pos[:, None]
+        return ((causal[None] & key_valid[:, None, :].bool()) | diagonal[None]).unsqueeze(1)
+
+    def forward(
+        self,
+        error_embeds: torch.Tensor,
+        memory_x: torch.Tensor,
+        memory_h: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: Any | None = None,
+        cache_offset: int = 0,
+    ) -> torch.Tensor:
+        """
+        Args:
+            error_embeds (`(batch, n, d_P)`): the Copilot's inputs at the n new positions (shifted ℓ·E, or zeros).
+            memory_x (`(batch, n, d_P)`): X̃, the Pilot's input embeddings at those positions.
+            memory_h (`(batch, n, d_P)`): the layer-pooled Pilot hidden states at those positions.
+            key_valid (`(batch, past + n)`): 1 for real tokens, 0 for padding, over all positions seen so far.
+            cache: optional KV cache; block i uses slot `cache_offset + i`.
+
+        Returns:
+            `(batch, n, d_P)`: u, which the Pilot's LM head maps to the correction f.
+        """
+        dtype = self.input_proj.weight.dtype
+        x = self.input_proj(error_embeds.to(dtype))
+        memory = (
+            self.memory_proj(self.memory_x_norm(memory_x.to(dtype))),
+            self.memory_proj(self.memory_h_norm(memory_h.to(dtype))),
+        )
+        mask = self.attention_mask(key_valid, x.shape[1])
+        for i, block in enumerate(self.layers):
+            x = block(x, mask, memory, cache, cache_offset + i)
+        return self.output_proj(self.final_norm(x))

@@ -1,0 +1,56 @@
+"""Tiny, offline Pilots and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import tcopilot_peft  # noqa: F401  (registers the PEFT method)
+
+
+VOCAB = 97
+ARCHITECTURES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_pilot(arch: str = "llama", seed: int = 0, hidden_size: int = 32, vocab_size: int = VOCAB, layers: int = 4):
+    config_cls, model_cls = ARCHITECTURES[arch]
+    config = config_cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
+
+
+def randomise_copilot(model, seed: int = 0, scale: float = 0.5) -> None:
+    """Give the Copilot's zero-initialised output map random weights so its corrections are non-zero."""
+    torch.manual_seed(seed)
+    for network in model.base_model.copilot_model.values():
+        with torch.no_grad():
+            network.output_proj.weight.normal_(std=scale)
+
+
+@pytest.fixture
+def pilot():
+    return tiny_pilot()
