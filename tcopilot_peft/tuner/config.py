@@ -34,9 +34,9 @@ class CopilotConfig(PeftConfig):
             Copilot depth. Odd layers (1-based) use causal self-attention, even layers cross-attend to the Pilot's
             input embeddings and layer-pooled hidden states. Defaults to a quarter of the Pilot's layers, at least 2.
         init (`str`, defaults to `"pilot_layers"`):
-            How the Copilot's blocks are initialised: `"pilot_layers"` copies evenly spaced decoder layers of the Pilot,
-            `"pretrained"` copies the decoder layers of `pretrained_model_name_or_path` (a smaller model of the same
-            family), `"random"` uses the Pilot's initialiser.
+            How the Copilot's blocks are initialised: `"pilot_layers"` copies evenly spaced decoder layers of the
+            Pilot, `"pretrained"` copies the decoder layers of `pretrained_model_name_or_path` (a smaller model of
+            the same family), `"random"` uses the Pilot's initialiser.
         pretrained_model_name_or_path (`str`, *optional*):
             The smaller pretrained decoder used when `init="pretrained"`.
         init_layers (`list[int]`, *optional*):
@@ -66,9 +66,7 @@ class CopilotConfig(PeftConfig):
     )
     init: Literal["pilot_layers", "pretrained", "random"] = field(
         default="pilot_layers",
-        metadata={
-            "help": "Initialise the Copilot from the Pilot's layers, a smaller pretrained decoder, or randomly."
-        },
+        metadata={"help": "Copy the Pilot's layers, a smaller pretrained decoder's layers, or init randomly."},
     )
     pretrained_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Smaller pretrained decoder of the Pilot's family, for init='pretrained'."}

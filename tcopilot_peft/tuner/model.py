@@ -25,7 +25,6 @@ generate's beam reordering, batch expansion and cropping apply to both for free.
 from __future__ import annotations
 
 import functools
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +123,7 @@ class CopilotModel(BaseTuner):
         config: CopilotConfig = self.peft_config[adapter_name]
         _check_pilot(model, config)
         if config.pilot_lora_config and not any(isinstance(m, LoraLayer) for m in model.modules()):
-            # A Copilot saved from a LoRA-tuned Pilot brings that Pilot's LoRA weights; recreate the layers to hold them.
+            # A Copilot saved from a LoRA-tuned Pilot carries that Pilot's LoRA weights; recreate layers to hold them.
             lora_fields = {k: v for k, v in config.pilot_lora_config.items() if k in LoraConfig.__dataclass_fields__}
             lora_fields.pop("peft_type", None)
             inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=adapter_name)
@@ -440,7 +439,7 @@ class CopilotModel(BaseTuner):
     # ------------------------------------------------------------------ generation
 
     def generate(self, *args, **kwargs):
-        """`generate()` of the Pilot with fused logits; any decoding strategy works. The Copilot off gives the Pilot's."""
+        """The Pilot's `generate()` on fused logits; every decoding strategy works (Copilot off: the Pilot's own)."""
         if not self._copilot_active():
             return self.model.generate(*args, **kwargs)
         inputs = kwargs.get("input_ids", args[0] if args else None)
@@ -634,5 +633,3 @@ def _initialise_from_source(network: CopilotNetwork, model: nn.Module, config: C
                 getattr(block.mlp, name).weight.copy_(_float_weight(getattr(layer.mlp, name)))
             block.input_layernorm.weight.copy_(layer.input_layernorm.weight.detach().float())
             block.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight.detach().float())
-    if config.init == "pretrained" and source is not model:
-        warnings.warn("Copied the Copilot's blocks from a pretrained decoder; its embeddings and head are not used.")
