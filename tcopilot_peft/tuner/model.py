@@ -500,6 +500,9 @@ def _unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
         raise ValueError(
             f"A Pilot that is a PeftModel must carry LoRA adapters; got {lora.peft_type}. Unload it first."
         )
+    base = model.get_base_model()
+    # LoRA leaves its config dict on the base model; the Copilot tuner keeps its own, so that one must go.
+    base.__dict__.pop("peft_config", None)
     lora_dict = lora.to_dict()
     for key, value in list(lora_dict.items()):
         if isinstance(value, set):
@@ -507,7 +510,7 @@ def _unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
         elif hasattr(value, "value"):
             lora_dict[key] = value.value
     config.pilot_lora_config = lora_dict
-    return model.get_base_model()
+    return base
 
 
 def _check_pilot(model: nn.Module, config: CopilotConfig) -> None:
@@ -593,11 +596,19 @@ def _float_weight(module: nn.Module) -> torch.Tensor:
     """A full-precision copy of a (possibly LoRA-wrapped or bitsandbytes-quantized) linear layer's weight."""
     module = _base_linear(module)
     weight = module.weight
-    if weight.is_floating_point() and type(weight).__name__ not in ("Params4bit", "Int8Params"):
-        return weight.detach().float()
-    from peft.utils.integrations import dequantize_module_weight
+    kind = type(weight).__name__
+    if kind == "Int8Params":
+        # Row-wise absmax int8: W = CB · SCB / 127. (PEFT's dequantize helper clears the layer's cached statistics
+        # on some bitsandbytes versions, which breaks the Pilot's next 8-bit matmul.)
+        scale = getattr(weight, "SCB", None)
+        if scale is None:
+            scale = module.state.SCB
+        return weight.data.float() * scale.float().unsqueeze(1) / 127.0
+    if kind == "Params4bit":
+        import bitsandbytes.functional as bnb_functional
 
-    return dequantize_module_weight(module).detach().float()
+        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state).detach().float()
+    return weight.detach().float()
 
 
 def _initialise_from_source(network: CopilotNetwork, model: nn.Module, config: CopilotConfig, source) -> None:

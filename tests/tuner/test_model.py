@@ -1,0 +1,145 @@
+"""The fused forward and fused generation of the Copilot tuner, on tiny offline Pilots."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from tcopilot_peft import CopilotConfig
+from tests.conftest import randomise_copilot, tiny_pilot
+
+
+def copilot_on(arch="llama", seed=0, **config):
+    model = get_peft_model(tiny_pilot(arch, seed=seed), CopilotConfig(**config))
+    randomise_copilot(model, seed=seed + 1)
+    return model.eval()
+
+
+def prompts(batch=2, length=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 97, (batch, length), generator=generator)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_forward_returns_fused_logits_and_lambda_zero_is_the_pilot(arch):
+    model, pilot = copilot_on(arch), tiny_pilot(arch)
+    ids = prompts()
+    fused = model(input_ids=ids)
+    assert not torch.allclose(fused.logits, pilot(ids).logits)
+    torch.testing.assert_close(fused.pilot_logits, pilot(ids).logits)
+    model.peft_config["default"].fusion_lambda = 0.0  # takes effect at the next forward
+    assert torch.equal(model(input_ids=ids).logits, pilot(ids).logits)
+
+
+@pytest.mark.parametrize("mode", ["logit", "prob"])
+def test_lambda_zero_generates_the_pilots_tokens(mode):
+    model, pilot = copilot_on(fusion_lambda=0.0, fusion_mode=mode), tiny_pilot()
+    ids = prompts()
+    ours = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours, pilot.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
+
+
+def test_copilot_changes_generation_and_disable_adapter_gives_the_pilot():
+    model, pilot = copilot_on(), tiny_pilot()
+    ids = prompts(batch=4)
+    reference = pilot.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    assert not torch.equal(model.generate(input_ids=ids, max_new_tokens=8, do_sample=False), reference)
+    with model.disable_adapter():
+        assert torch.equal(model.generate(input_ids=ids, max_new_tokens=8, do_sample=False), reference)
+        assert torch.equal(model(input_ids=ids).logits, pilot(ids).logits)
+    assert not torch.equal(model.generate(input_ids=ids, max_new_tokens=8, do_sample=False), reference)
+
+
+@pytest.mark.parametrize("feed", ["copilot", "pilot_error"])
+@pytest.mark.parametrize("mode", ["logit", "prob"])
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_cached_and_uncached_generation_agree(feed, mode, num_beams):
+    model = copilot_on(inference_feed=feed, fusion_mode=mode)
+    ids = prompts(batch=2)
+    kwargs = dict(max_new_tokens=8, do_sample=False, num_beams=num_beams)
+    cached = model.generate(input_ids=ids, use_cache=True, **kwargs)
+    uncached = model.generate(input_ids=ids, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_sampling_and_num_return_sequences():
+    model = copilot_on()
+    ids = prompts(batch=2)
+    torch.manual_seed(0)
+    out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=True, top_k=20, num_return_sequences=3)
+    assert out.shape == (6, 11)
+    torch.manual_seed(0)
+    again = model.generate(input_ids=ids, max_new_tokens=5, do_sample=True, top_k=20, num_return_sequences=3)
+    assert torch.equal(out, again)
+    beams = model.generate(input_ids=ids, max_new_tokens=5, num_beams=4, num_return_sequences=2, do_sample=False)
+    assert beams.shape == (4, 11)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_left_padded_batch_generates_what_each_row_generates_alone(num_beams):
+    model = copilot_on()
+    rows = [prompts(1, 7, seed=1)[0], prompts(1, 4, seed=2)[0], prompts(1, 5, seed=3)[0]]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
+    kwargs = dict(max_new_tokens=6, do_sample=False, num_beams=num_beams, pad_token_id=0)
+    batched = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    for i, row in enumerate(rows):
+        alone = model.generate(input_ids=row[None], attention_mask=torch.ones(1, len(row), dtype=torch.long), **kwargs)
+        assert torch.equal(batched[i, width:], alone[0, len(row) :]), f"row {i}"
+
+
+def test_no_label_leakage_future_targets_do_not_change_earlier_copilot_outputs():
+    model = copilot_on()
+    ids = prompts(batch=1, length=10)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    first = model(input_ids=ids, labels=labels).copilot_logits
+    changed = labels.clone()
+    changed[0, 7] = (changed[0, 7] + 5) % 97  # the target of position 6
+    second = model(input_ids=ids, labels=changed).copilot_logits
+    torch.testing.assert_close(first[:, :7], second[:, :7], rtol=0, atol=0)
+    assert not torch.allclose(first[:, 7:], second[:, 7:])
+
+
+def test_labelled_forward_exposes_training_signals_without_gradient_into_the_pilot():
+    model = copilot_on()
+    model.train()
+    for parameter in model.base_model.model.parameters():
+        parameter.requires_grad_(True)  # as in full fine-tuning
+    ids = prompts(batch=2, length=9)
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = model(input_ids=ids, labels=labels)
+    assert out.pilot_logits.shape == out.copilot_logits.shape == out.logits.shape
+    assert out.copilot_memory_x.shape == out.copilot_memory_h.shape == (2, 9, 32)
+    expected_pilot_loss = tiny_pilot()(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(out.loss, expected_pilot_loss)
+    out.copilot_loss.backward()
+    assert all(p.grad is None for p in model.base_model.model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base_model.copilot_model.parameters())
+
+
+def test_scoring_a_continuation_matches_generation_logits():
+    """With `copilot_prompt_length`, one forward over prompt + continuation reproduces the fused scores that
+    generation used for each continuation token (the log-likelihood evaluation path)."""
+    model = copilot_on()
+    ids = prompts(batch=2, length=5)
+    out = model.generate(
+        input_ids=ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True
+    )
+    scored = model(input_ids=out.sequences, copilot_prompt_length=5).logits
+    for step, step_scores in enumerate(out.scores):
+        torch.testing.assert_close(scored[:, 4 + step], step_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_non_finite_pilot_logits_do_not_crash_fusion():
+    model = copilot_on()
+    ids = prompts()
+    with torch.no_grad():
+        model.base_model.model.lm_head.weight[5] = float("nan")
+    out = model(input_ids=ids)
+    assert torch.isnan(out.logits[..., 5]).all()
+    assert torch.isfinite(out.logits[..., :5]).all()
