@@ -40,17 +40,24 @@ def fuse_logits(
         return pilot_logits
     z = pilot_logits.float()
     finite = torch.isfinite(z)
+    all_finite = bool(finite.all())  # the common case skips every masking pass over the |V|-sized rows
     f = correction.float()
     if mode == "logit":
-        fused = z + fusion_lambda * f
+        fused = torch.add(z, f, alpha=fusion_lambda)
     elif mode == "prob":
         # Non-finite logits take no probability mass, so one bad entry cannot turn the whole row into NaN.
-        probs = torch.softmax(z.masked_fill(~finite, float("-inf")), dim=-1).nan_to_num(0.0)
-        fused_probs = (probs + fusion_lambda * f).clamp_min(prob_floor).masked_fill(~finite, 0.0)
-        fused = torch.log(fused_probs / fused_probs.sum(dim=-1, keepdim=True).clamp_min(prob_floor))
+        probs = torch.softmax(z if all_finite else z.masked_fill(~finite, float("-inf")), dim=-1)
+        if not all_finite:
+            probs = probs.nan_to_num_(0.0)
+        fused = probs.add_(f, alpha=fusion_lambda).clamp_min_(prob_floor)
+        if not all_finite:
+            fused = fused.masked_fill_(~finite, 0.0)
+        fused = fused.div_(fused.sum(dim=-1, keepdim=True).clamp_min_(prob_floor)).log_()
     else:
         raise ValueError(f"fusion_mode must be 'logit' or 'prob', got {mode!r}.")
-    return torch.where(finite, fused, z).to(pilot_logits.dtype)
+    if not all_finite:
+        fused = torch.where(finite, fused, z)
+    return fused.to(pilot_logits.dtype)
 
 
 def error_embedding(

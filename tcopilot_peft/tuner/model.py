@@ -44,6 +44,8 @@ from .network import CopilotNetwork, CopilotNetworkConfig
 
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+# transformers renamed `past_key_values` to `cache` (5.2x); read and write whichever this version uses.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -100,7 +102,6 @@ class CopilotModel(BaseTuner):
     def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
         self.copilot_layer = CopilotLayer()
         self._generation_prompt_length: int | None = None
-        self._pilot_forward = None  # the Pilot's own forward while generate() routes through the fused one
         self._gram_cache: tuple[tuple, torch.Tensor] | None = None
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
@@ -310,61 +311,81 @@ class CopilotModel(BaseTuner):
         )
 
     def _run_pilot(self, **kwargs):
-        pilot_forward = self._pilot_forward or self.model
-        return pilot_forward(**kwargs)
+        return self.model(**kwargs)
 
     def _fused_forward(self, input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, prompt_length, **kw):
+        """The Pilot's decoder, the Copilot on its states, then the LM head for both (`_logits_and_correction`).
+
+        This mirrors the Pilot's own causal-LM forward (decoder → LM head on the kept positions → loss), which is the
+        same for every supported family, so the Pilot's logits and loss are exactly its own.
+        """
         config = self.active_config
         keep_hidden = kw.pop("output_hidden_states", False)
-        feed_pilot_error = labels is None and config.inference_feed == "pilot_error"
-        out = self._run_pilot(
+        decoder_out = self.model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            labels=labels,
-            # The "pilot_error" feed needs p̂ at every position of the call; otherwise the Pilot keeps what was asked.
-            logits_to_keep=0 if feed_pilot_error else logits_to_keep,
             output_hidden_states=True,
             **kw,
         )
-        memory_x, memory_h = self._pilot_memory(out.hidden_states)
+        memory_x, memory_h = self._pilot_memory(decoder_out.hidden_states)
         batch, length = memory_x.shape[:2]
-        cache = out.get("cache", out.get("past_key_values"))
+        cache = decoder_out.get(_CACHE_FIELD)
         slots = self._copilot_slots(cache) if cache is not None else None
         past = cache.layers[slots[1]].get_seq_length() if slots is not None else 0
         key_valid = _key_valid(attention_mask, batch, past + length, memory_x.device)
-        pilot_logits = out.logits
-        copilot_loss_value = None
+        hidden = decoder_out.last_hidden_state
+
+        loss = copilot_loss_value = None
         if labels is not None:
             if past:
                 raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-            targets = shift_targets(labels)
+            pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
+            loss = self.model.loss_function(
+                logits=pilot_logits, labels=labels, vocab_size=self.model.config.get_text_config().vocab_size, **kw
+            )
             probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
             correction, copilot_loss_value = self.copilot_teacher_forced(
-                memory_x, memory_h, key_valid, targets, probs=probs
+                memory_x, memory_h, key_valid, shift_targets(labels), probs=probs
             )
         else:
             if prompt_length is None:
                 prompt_length = self._generation_prompt_length
+            feed_pilot_error = config.inference_feed == "pilot_error"
+            # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
+            pilot_logits = self.model.lm_head(hidden) if feed_pilot_error else None
             u = self._copilot_inference(
                 memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
             )
-            correction = self.copilot_head(_keep_positions(u, logits_to_keep))
             if feed_pilot_error:
                 pilot_logits = _keep_positions(pilot_logits, logits_to_keep)
+                correction = self.copilot_head(_keep_positions(u, logits_to_keep))
+            else:
+                pilot_logits, correction = self._logits_and_correction(
+                    _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
+                )
         fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
         return CopilotCausalLMOutput(
-            loss=out.loss,
+            loss=loss,
             logits=fused,
-            cache=cache,
-            hidden_states=out.hidden_states if keep_hidden else None,
-            attentions=out.get("attentions"),
+            **{_CACHE_FIELD: cache},
+            hidden_states=decoder_out.hidden_states if keep_hidden else None,
+            attentions=decoder_out.get("attentions"),
             pilot_logits=pilot_logits,
             copilot_logits=correction,
             copilot_loss=copilot_loss_value,
             copilot_memory_x=memory_x if labels is not None else None,
             copilot_memory_h=memory_h if labels is not None else None,
         )
+
+    def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,
+        which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not twice)."""
+        head = self.model.lm_head
+        if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
+            return head(hidden), self.copilot_head(u)
+        both = head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
+        return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
 
     def _copilot_slots(self, cache) -> tuple[int, int]:
         """Cache slots of the Copilot's blocks and of its pending input, after the Pilot's own layers."""
@@ -455,7 +476,6 @@ class CopilotModel(BaseTuner):
         pilot = self.model
         had_instance_forward = "forward" in pilot.__dict__
         original = pilot.forward
-        self._pilot_forward = original
 
         @functools.wraps(original)
         def fused(*args, **kwargs):
@@ -470,7 +490,6 @@ class CopilotModel(BaseTuner):
                 pilot.forward = original
             else:
                 del pilot.forward
-            self._pilot_forward = None
             self._generation_prompt_length = None
 
 
@@ -629,8 +648,8 @@ def _initialise_from_source(network: CopilotNetwork, model: nn.Module, config: C
         indices = [round(i * last / (count - 1)) for i in range(count)] if count > 1 else [0]
     if len(indices) != count or any(not 0 <= i < len(source_layers) for i in indices):
         raise ValueError(
-            f"init_layers must name {count} source layers in [0, {len(source_layers)}), got {indices}; "
-            "a Copilot initialised from the Pilot's layers cannot be deeper than the Pilot."
+            f"init_layers must name {count} source layers (one per Copilot layer) in [0, {len(source_layers)}), "
+            f"got {indices}."
         )
     with torch.no_grad():
         for block, index in zip(network.layers, indices):

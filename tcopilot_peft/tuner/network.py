@@ -100,16 +100,16 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor,
-        memory: tuple[torch.Tensor, torch.Tensor] | None,
+        memory: torch.Tensor,
         cache: Any | None,
         layer_idx: int,
     ) -> torch.Tensor:
         q = self._heads(self.q_proj(x), self.num_heads)
         if self.is_cross:
-            memory_x, memory_h = memory
-            # Keys of X̃ and of the pooled states are cached side by side, then laid out along the sequence.
-            k = torch.cat([self._heads(self.k_proj(m), self.num_kv_heads) for m in (memory_x, memory_h)], dim=-1)
-            v = torch.cat([self._heads(self.v_proj(m), self.num_kv_heads) for m in (memory_x, memory_h)], dim=-1)
+            # memory is [X̃ ; pooled h] stacked on the sequence axis (one projection pass for both). Their keys are
+            # cached side by side in the head dimension, so one cache slot stays aligned by position.
+            k = torch.cat(self._heads(self.k_proj(memory), self.num_kv_heads).chunk(2, dim=2), dim=-1)
+            v = torch.cat(self._heads(self.v_proj(memory), self.num_kv_heads).chunk(2, dim=2), dim=-1)
             if cache is not None:
                 k, v = cache.update(k, v, layer_idx)
             k = torch.cat(k.split(self.head_dim, dim=-1), dim=2)
@@ -208,9 +208,8 @@ class CopilotNetwork(nn.Module):
         """
         dtype = self.input_proj.weight.dtype
         x = self.input_proj(error_embeds.to(dtype))
-        memory = (
-            self.memory_proj(self.memory_x_norm(memory_x.to(dtype))),
-            self.memory_proj(self.memory_h_norm(memory_h.to(dtype))),
+        memory = self.memory_proj(
+            torch.cat([self.memory_x_norm(memory_x.to(dtype)), self.memory_h_norm(memory_h.to(dtype))], dim=1)
         )
         mask = self.attention_mask(key_valid, x.shape[1])
         for i, block in enumerate(self.layers):
