@@ -4,9 +4,20 @@ Importing this package registers the `"copilot"` PEFT method, so `get_peft_model
 """
 
 from .fusion import copilot_loss, fuse_logits
+from .mistake_log import MistakeLog
+from .trainer import CopilotSFTConfig, CopilotSFTTrainer
 from .tuner import CopilotCausalLMOutput, CopilotConfig, CopilotModel
 
 
 __version__ = "0.1.0"
 
-__all__ = ["CopilotCausalLMOutput", "CopilotConfig", "CopilotModel", "copilot_loss", "fuse_logits"]
+__all__ = [
+    "CopilotCausalLMOutput",
+    "CopilotConfig",
+    "CopilotModel",
+    "CopilotSFTConfig",
+    "CopilotSFTTrainer",
+    "MistakeLog",
+    "copilot_loss",
+    "fuse_logits",
+]

@@ -282,6 +282,23 @@ class CopilotModel(BaseTuner):
         correction = self.copilot_head(u)
         return correction, copilot_loss(correction, targets, probs, topk_probs, topk_ids, kind=loss_kind)
 
+    def copilot_replay(self, batch, loss_kind: str = "rmse") -> torch.Tensor:
+        """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`); X̃ is re-embedded."""
+        device = self._embedding_weight().device
+        batch = batch.to(device)
+        with torch.no_grad():
+            memory_x = self.model.get_input_embeddings()(batch.input_ids)
+        _, loss = self.copilot_teacher_forced(
+            memory_x,
+            batch.hidden,
+            batch.attention_mask,
+            batch.targets,
+            topk_probs=batch.topk_probs,
+            topk_ids=batch.topk_ids,
+            loss_kind=loss_kind,
+        )
+        return loss
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -292,8 +309,20 @@ class CopilotModel(BaseTuner):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         copilot_prompt_length: int | torch.Tensor | None = None,
+        copilot_teacher_forcing: bool = True,
         **kwargs: Any,
     ):
+        """Fused forward. Arguments are the Pilot's, plus:
+
+        Args:
+            copilot_prompt_length (`int` or `torch.LongTensor`, *optional*):
+                Without labels: positions from this index on (per row, if a tensor) are treated as generated, so the
+                Copilot reads its own previous outputs there, exactly as during `generate()`. Use it to score a given
+                continuation with fused logits. Unset, the whole input is prompt.
+            copilot_teacher_forcing (`bool`, defaults to `True`):
+                With labels: run the Copilot teacher-forced on ℓ. `False` returns the Pilot's logits, loss and the
+                Mistake Log inputs only (the trainer then runs the Copilot on entries sampled from the log).
+        """
         for key in ("output_attentions", "output_hidden_states", "return_dict"):
             if kwargs.get(key) is None:
                 kwargs.pop(key, None)
@@ -307,13 +336,22 @@ class CopilotModel(BaseTuner):
                 **kwargs,
             )
         return self._fused_forward(
-            input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, copilot_prompt_length, **kwargs
+            input_ids,
+            attention_mask,
+            inputs_embeds,
+            labels,
+            logits_to_keep,
+            copilot_prompt_length,
+            copilot_teacher_forcing,
+            **kwargs,
         )
 
     def _run_pilot(self, **kwargs):
         return self.model(**kwargs)
 
-    def _fused_forward(self, input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, prompt_length, **kw):
+    def _fused_forward(
+        self, input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, prompt_length, teacher_forcing, **kw
+    ):
         """The Pilot's decoder, the Copilot on its states, then the LM head for both (`_logits_and_correction`).
 
         This mirrors the Pilot's own causal-LM forward (decoder → LM head on the kept positions → loss), which is the
@@ -344,10 +382,13 @@ class CopilotModel(BaseTuner):
             loss = self.model.loss_function(
                 logits=pilot_logits, labels=labels, vocab_size=self.model.config.get_text_config().vocab_size, **kw
             )
-            probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
-            correction, copilot_loss_value = self.copilot_teacher_forced(
-                memory_x, memory_h, key_valid, shift_targets(labels), probs=probs
-            )
+            if teacher_forcing:
+                probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
+                correction, copilot_loss_value = self.copilot_teacher_forced(
+                    memory_x, memory_h, key_valid, shift_targets(labels), probs=probs
+                )
+            else:
+                correction = None
         else:
             if prompt_length is None:
                 prompt_length = self._generation_prompt_length
@@ -364,7 +405,10 @@ class CopilotModel(BaseTuner):
                 pilot_logits, correction = self._logits_and_correction(
                     _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
                 )
-        fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
+        if correction is None:
+            fused = pilot_logits
+        else:
+            fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
         return CopilotCausalLMOutput(
             loss=loss,
             logits=fused,

@@ -1,0 +1,250 @@
+"""The Mistake Log (the paper's §2.2, App. A.3): a bounded, compact ring buffer of what the Pilot got wrong.
+
+Each training round appends, per sequence, what the Copilot needs to learn from that round's Pilot forward (taken
+before the Pilot's update):
+
+* the input ids, from which X̃ = E[x] is rebuilt (exact for a frozen embedding: LoRA or quantized Pilots);
+* the layer-pooled Pilot hidden states, in 16-bit;
+* the next-token targets, and at target positions only the top-k of p̂ (16-bit probabilities, int32 ids), from which
+  ℓ = onehot(y) − p̂ is rebuilt (the mass outside the top-k is dropped).
+
+A dense |V|-sized ℓ is never stored. The buffer is bounded by rounds (default 128, as in the paper) and by bytes;
+the oldest rounds go first. Everything lives on the CPU, detached.
+
+API: `append(...)`, `sample(batch_size, policy)`, `bytes_per_token`, `total_bytes`, `state_dict()` /
+`load_state_dict()` (safetensors-compatible tensors plus JSON-able metadata, for checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+
+SAMPLING_POLICIES = ("current", "uniform", "newest")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MistakeLogRow:
+    """One logged sequence (unpadded)."""
+
+    input_ids: torch.Tensor  # (T,) int32
+    targets: torch.Tensor  # (T,) int32, -100 where there is no target
+    hidden: torch.Tensor  # (T, d) 16-bit, the layer-pooled Pilot states
+    topk_probs: torch.Tensor  # (n_valid, k) float16, at target positions only
+    topk_ids: torch.Tensor  # (n_valid, k) int32
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.targets, self.hidden, self.topk_probs, self.topk_ids)
+
+
+@dataclass
+class MistakeLogBatch:
+    """A padded batch rebuilt from logged rows, ready for `CopilotModel.copilot_teacher_forced`."""
+
+    input_ids: torch.Tensor  # (B, T) long, padded with 0
+    attention_mask: torch.Tensor  # (B, T) bool
+    targets: torch.Tensor  # (B, T) long, -100 on padding and where there is no target
+    hidden: torch.Tensor  # (B, T, d)
+    topk_probs: torch.Tensor  # (B, T, k) float32, zero where there is no target
+    topk_ids: torch.Tensor  # (B, T, k) long
+
+    def to(self, device: torch.device | str) -> MistakeLogBatch:
+        return MistakeLogBatch(*(t.to(device) for t in self.__dict__.values()))
+
+
+class MistakeLog:
+    """Bounded ring buffer of Pilot mistakes.
+
+    Args:
+        max_rounds (`int`, defaults to 128): keep at most this many most recent training rounds.
+        max_bytes (`int`, defaults to 512 MiB): keep at most this many bytes; a single round larger than this is an
+            error that says how much it needs.
+        top_k (`int`, defaults to 8): how many of the Pilot's most probable tokens are kept per target position.
+        hidden_dtype (`torch.dtype`, defaults to `torch.bfloat16`): storage dtype of the pooled hidden states.
+        seed (`int`, defaults to 0): seed of the sampling generator (saved with the log, so a resumed run samples the
+            same rows).
+    """
+
+    def __init__(
+        self,
+        max_rounds: int = 128,
+        max_bytes: int = 512 * 2**20,
+        top_k: int = 8,
+        hidden_dtype: torch.dtype = torch.bfloat16,
+        seed: int = 0,
+    ) -> None:
+        if max_rounds < 1:
+            raise ValueError(f"MistakeLog max_rounds must be >= 1, got {max_rounds}.")
+        if max_bytes < 1:
+            raise ValueError(f"MistakeLog max_bytes must be >= 1, got {max_bytes}.")
+        if top_k < 1:
+            raise ValueError(f"MistakeLog top_k must be >= 1, got {top_k}.")
+        self.max_rounds = max_rounds
+        self.max_bytes = max_bytes
+        self.top_k = top_k
+        self.hidden_dtype = hidden_dtype
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rounds: deque[list[MistakeLogRow]] = deque()
+        self.total_bytes = 0
+        self.total_tokens = 0
+        self.appended_rounds = 0
+
+    # ------------------------------------------------------------------ writing
+
+    @torch.no_grad()
+    def append(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        targets: torch.Tensor,
+        hidden: torch.Tensor,
+        pilot_logits: torch.Tensor,
+    ) -> list[MistakeLogRow]:
+        """Log one training round (a micro-batch). Padding is dropped; rows with non-finite values are refused.
+
+        Args:
+            input_ids, attention_mask, targets: `(B, T)`; `targets[:, t]` is the token after position t or -100.
+            hidden: `(B, T, d)` layer-pooled Pilot states.
+            pilot_logits: `(B, T, V)` the Pilot's logits of this forward; only the top-k probabilities are kept.
+
+        Returns:
+            The rows that were logged (possibly fewer than B).
+        """
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        rows = []
+        for b in range(input_ids.shape[0]):
+            keep = mask[b]
+            row_targets = torch.where(keep, targets[b], IGNORE_INDEX)[keep]
+            logits = pilot_logits[b][keep]
+            valid = row_targets != IGNORE_INDEX
+            row_hidden = hidden[b][keep]
+            if not (torch.isfinite(row_hidden).all() and torch.isfinite(logits[valid]).all()):
+                continue  # nothing non-finite enters the buffer
+            probs = torch.softmax(logits[valid].float(), dim=-1)
+            top_probs, top_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+            rows.append(
+                MistakeLogRow(
+                    input_ids=input_ids[b][keep].to("cpu", torch.int32),
+                    targets=row_targets.to("cpu", torch.int32),
+                    hidden=row_hidden.to("cpu", self.hidden_dtype),
+                    topk_probs=top_probs.to("cpu", torch.float16),
+                    topk_ids=top_ids.to("cpu", torch.int32),
+                )
+            )
+        round_bytes = sum(row.nbytes for row in rows)
+        if round_bytes > self.max_bytes:
+            raise ValueError(
+                f"The Mistake Log's byte budget ({self.max_bytes} bytes) is smaller than one micro-batch, which needs "
+                f"{round_bytes} bytes; raise mistake_log_max_bytes to at least {round_bytes}."
+            )
+        if rows:
+            self.rounds.append(rows)
+            self.total_bytes += round_bytes
+            self.total_tokens += sum(len(row.input_ids) for row in rows)
+            self.appended_rounds += 1
+            self._evict()
+        return rows
+
+    def _evict(self) -> None:
+        while len(self.rounds) > self.max_rounds or self.total_bytes > self.max_bytes:
+            dropped = self.rounds.popleft()
+            self.total_bytes -= sum(row.nbytes for row in dropped)
+            self.total_tokens -= sum(len(row.input_ids) for row in dropped)
+
+    # ------------------------------------------------------------------ reading
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.rounds)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.total_bytes / max(self.total_tokens, 1)
+
+    def sample(self, batch_size: int, policy: str = "uniform") -> MistakeLogBatch:
+        """Draw rows: `"current"` the newest round as is, `"uniform"` uniformly over all logged rows, `"newest"` with
+        probability proportional to the round's recency rank (the newest round weighs most)."""
+        if not self.rounds:
+            raise ValueError("The Mistake Log is empty; append a round before sampling.")
+        if policy == "current":
+            return self.collate(self.rounds[-1])
+        rows = [row for rows in self.rounds for row in rows]
+        if policy == "uniform":
+            weights = torch.ones(len(rows))
+        elif policy == "newest":
+            weights = torch.cat([torch.full((len(r),), float(rank + 1)) for rank, r in enumerate(self.rounds)])
+        else:
+            raise ValueError(f"Mistake Log sampling policy must be one of {SAMPLING_POLICIES}, got {policy!r}.")
+        picks = torch.multinomial(weights, batch_size, replacement=len(rows) < batch_size, generator=self.generator)
+        return self.collate([rows[i] for i in picks.tolist()])
+
+    def collate(self, rows: list[MistakeLogRow]) -> MistakeLogBatch:
+        """Pad rows into a batch and scatter each row's top-k back onto its target positions."""
+        length = max(len(row.input_ids) for row in rows)
+        batch, width, k = len(rows), rows[0].hidden.shape[-1], rows[0].topk_probs.shape[-1]
+        out = MistakeLogBatch(
+            input_ids=torch.zeros(batch, length, dtype=torch.long),
+            attention_mask=torch.zeros(batch, length, dtype=torch.bool),
+            targets=torch.full((batch, length), IGNORE_INDEX, dtype=torch.long),
+            hidden=torch.zeros(batch, length, width, dtype=torch.float32),
+            topk_probs=torch.zeros(batch, length, k, dtype=torch.float32),
+            topk_ids=torch.zeros(batch, length, k, dtype=torch.long),
+        )
+        for b, row in enumerate(rows):
+            n = len(row.input_ids)
+            out.input_ids[b, :n] = row.input_ids
+            out.attention_mask[b, :n] = True
+            out.targets[b, :n] = row.targets
+            out.hidden[b, :n] = row.hidden.float()
+            valid = torch.nonzero(row.targets != IGNORE_INDEX).squeeze(-1)
+            out.topk_probs[b, valid] = row.topk_probs.float()
+            out.topk_ids[b, valid] = row.topk_ids.long()
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Flat tensors (safetensors-compatible) and JSON-able metadata that rebuild the log exactly."""
+        tensors: dict[str, torch.Tensor] = {}
+        round_sizes = []
+        for r, rows in enumerate(self.rounds):
+            round_sizes.append(len(rows))
+            for i, row in enumerate(rows):
+                for name, tensor in zip(("input_ids", "targets", "hidden", "topk_probs", "topk_ids"), row.tensors()):
+                    tensors[f"round{r}.row{i}.{name}"] = tensor.contiguous()
+        tensors["generator_state"] = self.generator.get_state()
+        meta = {
+            "max_rounds": self.max_rounds,
+            "max_bytes": self.max_bytes,
+            "top_k": self.top_k,
+            "hidden_dtype": str(self.hidden_dtype).removeprefix("torch."),
+            "round_sizes": round_sizes,
+            "appended_rounds": self.appended_rounds,
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.max_rounds, self.max_bytes, self.top_k = meta["max_rounds"], meta["max_bytes"], meta["top_k"]
+        self.hidden_dtype = getattr(torch, meta["hidden_dtype"])
+        self.generator.set_state(tensors["generator_state"])
+        self.rounds = deque()
+        for r, size in enumerate(meta["round_sizes"]):
+            names = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids")
+            self.rounds.append(
+                [MistakeLogRow(*(tensors[f"round{r}.row{i}.{name}"] for name in names)) for i in range(size)]
+            )
+        self.total_bytes = sum(row.nbytes for rows in self.rounds for row in rows)
+        self.total_tokens = sum(len(row.input_ids) for rows in self.rounds for row in rows)
+        self.appended_rounds = meta["appended_rounds"]
+
+
+def dense_error_bytes_per_token(vocab_size: int, bytes_per_value: int = 2) -> int:
+    """What storing a dense ℓ would cost per token (16-bit by default), for comparison with `bytes_per_token`."""
+    return vocab_size * bytes_per_value

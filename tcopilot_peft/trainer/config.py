@@ -1,0 +1,97 @@
+"""`CopilotSFTConfig`: TRL's `SFTConfig` plus the Copilot's optimiser, loss and Mistake Log settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+from ..mistake_log import SAMPLING_POLICIES
+
+
+PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
+COPILOT_LOSSES = ("rmse", "mse")
+
+
+@dataclass
+class CopilotSFTConfig(SFTConfig):
+    r"""
+    Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus:
+
+    Args:
+        copilot_learning_rate (`float`, defaults to 5e-4):
+            Peak learning rate of the Copilot's own AdamW (the paper uses 3e-4 to 5e-4).
+        copilot_warmup_steps (`int`, defaults to 0):
+            Linear warm-up steps of the Copilot's schedule.
+        copilot_lr_scheduler_type (`str`, defaults to `"cosine"`):
+            The Copilot's schedule (any `transformers.get_scheduler` name).
+        copilot_weight_decay (`float`, defaults to 0.0):
+            The Copilot's AdamW weight decay.
+        copilot_max_grad_norm (`float`, defaults to 1.0):
+            Gradient-norm clip of the Copilot's update (0 disables it).
+        copilot_loss (`str`, defaults to `"rmse"`):
+            `"rmse"`: the per-token L2 norm ||f − ℓ|| averaged over target tokens (the paper's Eq. 7); `"mse"`: its
+            square.
+        train_pilot (`str`, defaults to `"auto"`):
+            Which Pilot weights train: `"full"` all of them, `"adapter"` only its LoRA, `"none"` none (a Copilot-only
+            phase on a fixed Pilot); `"auto"` is `"adapter"` for a LoRA Pilot and `"full"` otherwise.
+        mistake_log_max_rounds (`int`, defaults to 128):
+            The Mistake Log keeps the most recent this many rounds (micro-batches), as in the paper.
+        mistake_log_max_bytes (`int`, defaults to 512 MiB):
+            Byte budget of the Mistake Log (per process); the oldest rounds are dropped first.
+        mistake_log_top_k (`int`, defaults to 8):
+            How many of the Pilot's most probable tokens are kept per target position to rebuild ℓ.
+        mistake_log_sampling (`str`, defaults to `"uniform"`):
+            What the Copilot trains on each step: `"current"` the round just logged (exact p̂), `"uniform"` rows drawn
+            uniformly from the log, `"newest"` rows drawn with weight growing with recency.
+        mistake_log_sample_size (`int`, *optional*):
+            Rows per Copilot step when sampling from the log; defaults to `per_device_train_batch_size`.
+
+    Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
+    loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
+    never materialises it).
+    """
+
+    copilot_learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate of the Copilot."})
+    copilot_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps of the Copilot's schedule."})
+    copilot_lr_scheduler_type: str = field(default="cosine", metadata={"help": "The Copilot's LR schedule."})
+    copilot_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the Copilot's AdamW."})
+    copilot_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clip of the Copilot (0: off)."})
+    copilot_loss: str = field(
+        default="rmse",
+        metadata={"help": "The Copilot's loss: 'rmse' (paper's Eq. 7) or 'mse'.", "choices": COPILOT_LOSSES},
+    )
+    train_pilot: str = field(
+        default="auto",
+        metadata={"help": "Which Pilot weights train: auto, full, adapter or none.", "choices": PILOT_TRAINING_MODES},
+    )
+    mistake_log_max_rounds: int = field(default=128, metadata={"help": "Rounds kept in the Mistake Log."})
+    mistake_log_max_bytes: int = field(default=512 * 2**20, metadata={"help": "Byte budget of the Mistake Log."})
+    mistake_log_top_k: int = field(default=8, metadata={"help": "Top-k of p̂ kept per target token."})
+    mistake_log_sampling: str = field(
+        default="uniform",
+        metadata={"help": "Copilot training rows: current, uniform or newest.", "choices": SAMPLING_POLICIES},
+    )
+    mistake_log_sample_size: int | None = field(
+        default=None, metadata={"help": "Rows per Copilot step; defaults to per_device_train_batch_size."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
+            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
+        super().__post_init__()
+        if self.copilot_loss not in COPILOT_LOSSES:
+            raise ValueError(f"copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
+        if self.train_pilot not in PILOT_TRAINING_MODES:
+            raise ValueError(f"train_pilot must be one of {PILOT_TRAINING_MODES}, got {self.train_pilot!r}.")
+        if self.mistake_log_sampling not in SAMPLING_POLICIES:
+            raise ValueError(
+                f"mistake_log_sampling must be one of {SAMPLING_POLICIES}, got {self.mistake_log_sampling!r}."
+            )
+        if self.copilot_learning_rate <= 0:
+            raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")
+
+
+def _accelerator_supports_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

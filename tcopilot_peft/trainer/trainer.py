@@ -1,0 +1,379 @@
+"""`CopilotSFTTrainer`: TRL's `SFTTrainer` running Transformer Copilot's joint training (the paper's Algorithm 1).
+
+Each micro-batch:
+
+1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and backward — the Pilot's
+   optimiser steps as in any `SFTTrainer` run;
+2. a Mistake Log append of that forward (taken before the Pilot's update);
+3. a Copilot update on rows drawn from the log, with the Copilot's own AdamW and schedule, outside the Pilot's
+   optimiser and outside DDP's gradient hooks (gradients come from `torch.autograd.grad` into the trainer's own
+   buffers and are averaged across processes explicitly). No gradient of the Copilot's loss reaches the Pilot: its
+   inputs are detached and the Pilot's embedding and LM head enter it as constants.
+
+The shape follows TRL's `GKDTrainer(SFTTrainer)`: a trainer that owns a second model's update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from transformers import get_scheduler
+from trl import SFTTrainer
+
+from ..fusion import shift_targets
+from ..mistake_log import MistakeLog
+from ..tuner import CopilotConfig, CopilotModel
+from .config import CopilotSFTConfig
+
+
+COPILOT_STATE_NAME = "copilot_trainer_state.pt"
+MISTAKE_LOG_NAME = "mistake_log"
+PILOT_WEIGHTS_DIR = "pilot"
+USABLE_COLUMN_SETS = (("text",), ("messages",), ("prompt", "completion"), ("prompt",), ("input_ids",))
+
+
+class CopilotSFTTrainer(SFTTrainer):
+    """Supervised fine-tuning of a Pilot with a Transformer Copilot learning from its Mistake Log.
+
+    Args:
+        model: a `get_peft_model(pilot, CopilotConfig(...))` model, or a Pilot (name, path or model) together with
+            `peft_config=CopilotConfig(...)`.
+        args (`CopilotSFTConfig`): training arguments; a plain `SFTConfig` is upgraded with the Copilot defaults.
+        Everything else is as for `trl.SFTTrainer`.
+    """
+
+    _tag_names = ["trl", "sft", "transformer-copilot"]
+
+    def __init__(self, model=None, args: CopilotSFTConfig | None = None, *pargs, peft_config=None, **kwargs):
+        args = _as_copilot_config(args)
+        _refuse_unsupported_options(args)
+        for split in ("train_dataset", "eval_dataset"):
+            _check_dataset_columns(kwargs.get(split), split)
+        if not _has_copilot(model) and not isinstance(peft_config, CopilotConfig):
+            raise ValueError(
+                "CopilotSFTTrainer needs a Copilot: pass `get_peft_model(pilot, CopilotConfig())` as `model`, or a "
+                "Pilot together with `peft_config=CopilotConfig(...)`."
+            )
+        super().__init__(model, args, *pargs, peft_config=peft_config, **kwargs)
+        self.copilot_tuner = _find_copilot_tuner(self.model)
+        self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
+        self.mistake_log = MistakeLog(
+            max_rounds=self.args.mistake_log_max_rounds,
+            max_bytes=self.args.mistake_log_max_bytes,
+            top_k=self.args.mistake_log_top_k,
+            seed=self.args.seed + self.args.process_index,
+        )
+        self.copilot_optimizer: torch.optim.Optimizer | None = None
+        self.copilot_scheduler = None
+        self._copilot_grads: list[torch.Tensor] | None = None
+        self._captured: tuple[dict, Any] | None = None
+        self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ optimisers
+
+    def copilot_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.copilot_tuner.copilot_model[self.copilot_tuner.active_adapter].parameters()]
+
+    def create_optimizer(self, model=None):
+        # The Pilot's optimiser must not own the Copilot's weights: hide them while it collects trainable parameters.
+        copilot = self.copilot_parameters()
+        flags = [p.requires_grad for p in copilot]
+        for p in copilot:
+            p.requires_grad_(False)
+        try:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        finally:
+            for p, flag in zip(copilot, flags):
+                p.requires_grad_(flag)
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        super().create_optimizer_and_scheduler(num_training_steps)
+        self._create_copilot_optimizer(num_training_steps)
+
+    def _create_copilot_optimizer(self, num_training_steps: int) -> None:
+        params = self.copilot_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.copilot_optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.args.copilot_weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.args.copilot_learning_rate,
+        )
+        self.copilot_scheduler = get_scheduler(
+            self.args.copilot_lr_scheduler_type,
+            self.copilot_optimizer,
+            num_warmup_steps=self.args.copilot_warmup_steps,
+            num_training_steps=num_training_steps,
+        )
+        self._copilot_grads = [torch.zeros_like(p) for p in params]
+
+    # ------------------------------------------------------------------ the step
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = self.model.training
+        inputs["use_cache"] = False
+        # In training the Copilot runs in `training_step` on Mistake Log rows; in evaluation it runs teacher-forced
+        # here, so `eval_copilot_loss` is measured on the evaluation data.
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, copilot_teacher_forcing=not training)
+        loss = outputs.loss
+        mode = "train" if training else "eval"
+        labels = inputs["labels"]
+        targets = shift_targets(labels)
+        valid = targets != -100
+        with torch.no_grad():
+            correct = (outputs.pilot_logits.argmax(-1) == targets) & valid
+            count = self.accelerator.gather_for_metrics(valid.sum()).sum()
+            accuracy = self.accelerator.gather_for_metrics(correct.sum()).sum() / count.clamp_min(1)
+        self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
+        if training:
+            self._captured = (inputs, outputs)
+        elif outputs.copilot_loss is not None:
+            self._metrics[mode]["copilot_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.copilot_loss).mean().item()
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.copilot_optimizer is None:
+            self._create_copilot_optimizer(self.state.max_steps)
+        if self.pilot_training == "none":
+            # A Copilot-only phase: the Pilot is a fixed, frozen teacher of mistakes.
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            loss = loss.detach() / self.current_gradient_accumulation_steps
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        captured, self._captured = self._captured, None
+        if captured is not None:
+            self._copilot_micro_step(*captured)
+        return loss
+
+    def _copilot_micro_step(self, inputs: dict, outputs) -> None:
+        """Algorithm 1 lines 9 and 13–19 for one micro-batch: log the Pilot's mistakes, learn from the log."""
+        if not torch.isfinite(outputs.loss.detach()).all():
+            self._copilot_metrics["copilot_skipped_steps"].append(1.0)  # nothing non-finite enters the log
+            self._maybe_step_copilot()
+            return
+        tuner = self.copilot_tuner
+        targets = shift_targets(inputs["labels"])
+        attention_mask = inputs.get("attention_mask")
+        self.mistake_log.append(
+            inputs["input_ids"], attention_mask, targets, outputs.copilot_memory_h, outputs.pilot_logits.detach()
+        )
+        policy = self.args.mistake_log_sampling
+        with torch.enable_grad():
+            if policy == "current":
+                key_valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(targets).bool()
+                probs = torch.softmax(outputs.pilot_logits.detach().float(), dim=-1)
+                _, copilot_loss = tuner.copilot_teacher_forced(
+                    outputs.copilot_memory_x,
+                    outputs.copilot_memory_h,
+                    key_valid,
+                    targets,
+                    probs=probs,
+                    loss_kind=self.args.copilot_loss,
+                )
+            else:
+                size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
+                batch = self.mistake_log.sample(size, policy)
+                copilot_loss = tuner.copilot_replay(batch, loss_kind=self.args.copilot_loss)
+            params = self.copilot_parameters()
+            scale = 1.0 / self.current_gradient_accumulation_steps
+            grads = torch.autograd.grad(copilot_loss * scale, params, allow_unused=True)
+        for buffer, grad in zip(self._copilot_grads, grads):
+            if grad is not None:
+                buffer.add_(grad)
+        self._copilot_metrics["copilot_loss"].append(copilot_loss.detach().item())
+        self._maybe_step_copilot()
+
+    def _maybe_step_copilot(self) -> None:
+        if not self.accelerator.sync_gradients:
+            return
+        params = self.copilot_parameters()
+        if self.accelerator.num_processes > 1:
+            for buffer in self._copilot_grads:
+                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+                buffer.div_(self.accelerator.num_processes)
+        for p, buffer in zip(params, self._copilot_grads):
+            p.grad = buffer
+        if self.args.copilot_max_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.args.copilot_max_grad_norm)
+            self._copilot_metrics["copilot_grad_norm"].append(float(norm))
+        self.copilot_optimizer.step()
+        self.copilot_scheduler.step()
+        for p, buffer in zip(params, self._copilot_grads):
+            p.grad = None
+            buffer.zero_()
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._copilot_metrics:
+            for key, values in self._copilot_metrics.items():
+                logs[key] = sum(values) / len(values) if key != "copilot_skipped_steps" else sum(values)
+            self._copilot_metrics.clear()
+            logs["copilot_learning_rate"] = self.copilot_scheduler.get_last_lr()[0] if self.copilot_scheduler else 0.0
+            logs["mistake_log_rows"] = len(self.mistake_log)
+            logs["mistake_log_bytes"] = self.mistake_log.total_bytes
+            logs["mistake_log_bytes_per_token"] = self.mistake_log.bytes_per_token
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        rank = self.args.process_index
+        if self.copilot_optimizer is not None and self.args.should_save:
+            state = {
+                "optimizer": self.copilot_optimizer.state_dict(),
+                "scheduler": self.copilot_scheduler.state_dict(),
+            }
+            torch.save(state, os.path.join(output_dir, COPILOT_STATE_NAME))
+        # Every process keeps its own log (it logs its own micro-batches), so every process saves it.
+        tensors, meta = self.mistake_log.state_dict()
+        save_file(tensors, os.path.join(output_dir, f"{MISTAKE_LOG_NAME}_rank{rank}.safetensors"))
+        with open(os.path.join(output_dir, f"{MISTAKE_LOG_NAME}_rank{rank}.json"), "w") as handle:
+            json.dump(meta, handle)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        if self.copilot_optimizer is None:
+            self._create_copilot_optimizer(self.state.max_steps)
+        state_path = os.path.join(checkpoint, COPILOT_STATE_NAME)
+        if os.path.exists(state_path):
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            self.copilot_optimizer.load_state_dict(state["optimizer"])
+            self.copilot_scheduler.load_state_dict(state["scheduler"])
+        log_path = os.path.join(checkpoint, f"{MISTAKE_LOG_NAME}_rank{self.args.process_index}")
+        if os.path.exists(log_path + ".safetensors"):
+            with open(log_path + ".json") as handle:
+                meta = json.load(handle)
+            self.mistake_log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.pilot_training == "full":
+            # A PEFT adapter holds only the Copilot; a fully fine-tuned Pilot is saved beside it.
+            output_dir = output_dir or self.args.output_dir
+            self.copilot_tuner.model.save_pretrained(os.path.join(output_dir, PILOT_WEIGHTS_DIR))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        pilot_dir = os.path.join(resume_from_checkpoint, PILOT_WEIGHTS_DIR)
+        if self.pilot_training == "full" and os.path.isdir(pilot_dir):
+            weights = {}
+            for name in sorted(os.listdir(pilot_dir)):
+                if name.endswith(".safetensors"):
+                    weights.update(load_file(os.path.join(pilot_dir, name)))
+            self.copilot_tuner.model.load_state_dict(weights, strict=False)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _as_copilot_config(args) -> CopilotSFTConfig:
+    if args is None:
+        return CopilotSFTConfig(output_dir="copilot-sft")
+    if isinstance(args, CopilotSFTConfig):
+        return args
+    raise TypeError(f"CopilotSFTTrainer needs a CopilotSFTConfig as `args`, got {type(args).__name__}.")
+
+
+def _refuse_unsupported_options(args: CopilotSFTConfig) -> None:
+    reasons = {
+        "packing": (
+            args.packing,
+            "packing concatenates sequences, and the Copilot's causal memory would then read across examples",
+        ),
+        "padding_free": (args.padding_free, "the Mistake Log stores whole padded sequences"),
+        "use_liger_kernel": (args.use_liger_kernel, "Liger's fused loss never builds the p̂ the Mistake Log needs"),
+        "loss_type": (args.loss_type != "nll", "the Pilot is trained with the standard cross-entropy ('nll')"),
+        "label_smoothing_factor": (
+            args.label_smoothing_factor > 0,
+            "the Pilot's loss is the model's own cross-entropy",
+        ),
+    }
+    for option, (used, reason) in reasons.items():
+        if used:
+            raise ValueError(f"CopilotSFTTrainer does not support `{option}`: {reason}.")
+
+
+def _check_dataset_columns(dataset, split: str) -> None:
+    if dataset is None or isinstance(dataset, dict):
+        return
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        return
+    if not any(all(c in columns for c in needed) for needed in USABLE_COLUMN_SETS):
+        raise ValueError(
+            f"The {split} has no usable columns: found {sorted(columns)}; expected 'text', 'messages', "
+            "'prompt' + 'completion', or tokenized 'input_ids'."
+        )
+
+
+def _has_copilot(model) -> bool:
+    return isinstance(model, PeftModel) and isinstance(model.base_model, CopilotModel)
+
+
+def _find_copilot_tuner(model) -> CopilotModel:
+    for module in model.modules():
+        if isinstance(module, CopilotModel):
+            return module
+    raise ValueError("The trainer's model has no Copilot adapter.")
+
+
+def _set_pilot_trainable(pilot: torch.nn.Module, mode: str) -> str:
+    has_lora = any(isinstance(m, LoraLayer) for m in pilot.modules())
+    quantized = bool(
+        getattr(pilot, "is_loaded_in_4bit", False)
+        or getattr(pilot, "is_loaded_in_8bit", False)
+        or getattr(pilot, "hf_quantizer", None) is not None
+    )
+    if mode == "auto":
+        mode = "adapter" if has_lora else "full"
+    if mode == "adapter" and not has_lora:
+        raise ValueError("train_pilot='adapter' needs a LoRA-tuned Pilot, but the Pilot has no LoRA adapters.")
+    if mode == "full" and quantized:
+        raise ValueError(
+            "A quantized Pilot has no trainable weights of its own: give it LoRA adapters first (QLoRA: "
+            "`get_peft_model(pilot, LoraConfig(...))`, then the Copilot), or set train_pilot='none' to train only "
+            "the Copilot."
+        )
+    for name, parameter in pilot.named_parameters():
+        if mode == "full":
+            parameter.requires_grad_(parameter.is_floating_point())
+        elif mode == "adapter":
+            parameter.requires_grad_("lora_" in name)
+        else:
+            parameter.requires_grad_(False)
+    return mode
+
+
+def copilot_training_flops_share(model) -> float:
+    """The Copilot's share of training FLOPs per token (forward + backward ≈ 3× forward for both models), with the
+    Pilot's frozen LM head entering the Copilot as a constant (its backward costs one pass, not two)."""
+    tuner = _find_copilot_tuner(model)
+    pilot = tuner.model
+    vocab, hidden = pilot.get_output_embeddings().weight.shape
+    pilot_params = sum(p.numel() for p in pilot.model.layers.parameters()) + vocab * hidden
+    copilot_params = sum(p.numel() for p in tuner.copilot_model.parameters())
+    copilot = 3 * copilot_params + 2 * 2 * vocab * hidden  # blocks fwd+bwd; head fwd + input-grad bwd; ℓ·E fwd
+    pilot_cost = 3 * pilot_params
+    return copilot / (copilot + pilot_cost) if math.isfinite(copilot) else float("nan")
