@@ -1,0 +1,244 @@
+"""CopilotSFTTrainer: Algorithm 1 on TRL, on tiny offline models."""
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from trl import SFTConfig, SFTTrainer
+
+from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
+from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
+
+
+TOKENIZER = char_tokenizer()
+QUIET = dict(report_to=[], disable_tqdm=True, dataloader_pin_memory=False, save_strategy="no", seed=0)
+
+
+def copilot_args(tmp_path, **overrides):
+    settings = dict(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3)
+    settings.update(QUIET)
+    settings.update(overrides)
+    return CopilotSFTConfig(**settings)
+
+
+def pilot(seed=0):
+    return tiny_pilot(vocab_size=len(TOKENIZER), seed=seed)
+
+
+def train(model, args, dataset=None, **kwargs):
+    trainer = CopilotSFTTrainer(
+        model=model, args=args, train_dataset=dataset or arithmetic_dataset(), processing_class=TOKENIZER, **kwargs
+    )
+    trainer.train()
+    return trainer
+
+
+def test_logs_pilot_and_copilot_losses_and_mistake_log_size(tmp_path):
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, logging_steps=2))
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        assert entry["copilot_loss"] > 0 and entry["mistake_log_bytes"] > 0 and entry["mistake_log_rows"] > 0
+    assert logged[-1]["mistake_log_rows"] == 16  # 4 rounds of 4 sequences, none evicted
+
+
+def test_copilot_learns_from_the_log(tmp_path):
+    """On a fixed Pilot the Copilot beats predicting no correction on held-out sequences (positive skill)."""
+    model = get_peft_model(pilot(), CopilotConfig())
+    held_out = [TOKENIZER(f"{a}+{b}={a + b}</s>").input_ids for a, b in [(12, 30), (45, 17), (33, 48), (61, 19)]]
+    ids = torch.tensor(held_out)
+    labels = ids.clone()
+    labels[:, :6] = -100
+
+    def held_out_copilot_loss():
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=ids, labels=labels).copilot_loss.item()
+
+    zero_prediction = held_out_copilot_loss()  # the output map starts at zero: this is RMSE(0, ℓ)
+    args = copilot_args(
+        tmp_path, max_steps=60, train_pilot="none", copilot_learning_rate=3e-3, copilot_lr_scheduler_type="constant"
+    )
+    train(model, args, dataset=arithmetic_dataset(256))
+    assert held_out_copilot_loss() < 0.93 * zero_prediction
+
+
+def test_the_copilot_never_changes_the_pilots_training(tmp_path):
+    """A full-precision Pilot trained with the Copilot ends exactly where plain SFT ends: no Copilot gradient leaks."""
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, max_steps=3))
+    assert trainer.pilot_training == "full"
+    plain = pilot()
+    sft_args = SFTConfig(
+        output_dir=str(tmp_path / "plain"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, bf16=False
+    )
+    for key, value in QUIET.items():
+        setattr(sft_args, key, value)
+    SFTTrainer(model=plain, args=sft_args, train_dataset=arithmetic_dataset(), processing_class=TOKENIZER).train()
+    ours = trainer.copilot_tuner.model.state_dict()
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(ours[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    assert not torch.equal(
+        plain.model.layers[0].mlp.up_proj.weight,
+        tiny_pilot(vocab_size=len(TOKENIZER)).model.layers[0].mlp.up_proj.weight,
+    )
+
+
+def test_lora_pilot_trains_only_lora_and_copilot(tmp_path):
+    lora = get_peft_model(pilot(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(lora, CopilotConfig())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = train(model, copilot_args(tmp_path))
+    assert trainer.pilot_training == "adapter"
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any("lora_B" in n for n in changed) and any("copilot_model" in n for n in changed)
+    assert all("lora_" in n or "copilot_model" in n for n in changed)
+
+
+def test_plain_model_with_peft_config(tmp_path):
+    trainer = train(pilot(), copilot_args(tmp_path, max_steps=2), peft_config=CopilotConfig(num_layers=2))
+    assert isinstance(trainer.model, PeftModel)
+
+
+def test_gradient_accumulation_and_gradient_checkpointing(tmp_path):
+    args = copilot_args(tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True, max_steps=2)
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
+    assert trainer.state.global_step == 2
+    assert trainer.copilot_scheduler.last_epoch == 2  # one Copilot update per optimiser step
+
+
+@pytest.mark.parametrize("policy", ["current", "uniform", "newest"])
+def test_sampling_policies(tmp_path, policy):
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, mistake_log_sampling=policy))
+    assert trainer.state.global_step == 4
+
+
+def test_bf16_run(tmp_path):
+    trainer = train(
+        get_peft_model(pilot(), CopilotConfig()),
+        copilot_args(tmp_path, bf16=True, use_cpu=not torch.cuda.is_available(), max_steps=2),
+    )
+    assert trainer.state.global_step == 2
+
+
+def test_cpu_defaults_need_no_flags(tmp_path):
+    assert CopilotSFTConfig(output_dir=str(tmp_path)).bf16 is (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+
+
+def test_conversational_dataset(tmp_path):
+    from datasets import Dataset
+
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"{a}+{a}"}],
+            "completion": [{"role": "assistant", "content": str(2 * a)}],
+        }
+        for a in range(20)
+    ]
+    trainer = CopilotSFTTrainer(
+        model=get_peft_model(pilot(), CopilotConfig()),
+        args=copilot_args(tmp_path, max_steps=2),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert trainer.mistake_log.total_bytes > 0
+
+
+def test_qlora_pilot_on_cpu(tmp_path):
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    pilot().save_pretrained(tmp_path / "pilot")
+    quantized = LlamaForCausalLM.from_pretrained(
+        tmp_path / "pilot", quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
+    model = get_peft_model(
+        get_peft_model(quantized, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])), CopilotConfig()
+    )
+    trainer = train(model, copilot_args(tmp_path, max_steps=2))
+    assert trainer.pilot_training == "adapter"
+
+
+def test_quantized_pilot_without_adapter_is_refused(tmp_path):
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    pilot().save_pretrained(tmp_path / "pilot")
+    quantized = LlamaForCausalLM.from_pretrained(
+        tmp_path / "pilot", quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
+    with pytest.raises(ValueError, match="quantized Pilot"):
+        CopilotSFTTrainer(
+            model=get_peft_model(quantized, CopilotConfig()),
+            args=copilot_args(tmp_path),
+            train_dataset=arithmetic_dataset(),
+            processing_class=TOKENIZER,
+        )
+
+
+def test_copilot_only_phase_keeps_the_pilot_fixed(tmp_path):
+    model = get_peft_model(pilot(), CopilotConfig())
+    pilot_before = {n: p.detach().clone() for n, p in model.base_model.model.named_parameters()}
+    trainer = train(model, copilot_args(tmp_path, train_pilot="none"))
+    assert all(torch.equal(p, pilot_before[n]) for n, p in model.base_model.model.named_parameters())
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_bad_inputs_are_refused_with_the_reason(tmp_path):
+    from datasets import Dataset
+
+    model = get_peft_model(pilot(), CopilotConfig())
+    bad = Dataset.from_list([{"question": "1+1", "answer": "2"}])
+    with pytest.raises(ValueError, match=r"found \['answer', 'question'\]"):
+        CopilotSFTTrainer(model=model, args=copilot_args(tmp_path), train_dataset=bad, processing_class=TOKENIZER)
+    with pytest.raises(ValueError, match="packing"):
+        CopilotSFTTrainer(
+            model=model,
+            args=copilot_args(tmp_path, packing=True),
+            train_dataset=arithmetic_dataset(),
+            processing_class=TOKENIZER,
+        )
+    with pytest.raises(ValueError, match="needs a Copilot"):
+        CopilotSFTTrainer(
+            model=pilot(), args=copilot_args(tmp_path), train_dataset=arithmetic_dataset(), processing_class=TOKENIZER
+        )
+    with pytest.raises(ValueError, match="mistake_log_max_bytes"):
+        train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, mistake_log_max_bytes=64))
+
+
+def test_non_finite_pilot_loss_skips_the_copilot_update(tmp_path):
+    model = get_peft_model(pilot(), CopilotConfig())
+    trainer = CopilotSFTTrainer(
+        model=model,
+        args=copilot_args(tmp_path, max_steps=2, logging_steps=1),
+        train_dataset=arithmetic_dataset(),
+        processing_class=TOKENIZER,
+    )
+    with torch.no_grad():
+        model.base_model.model.lm_head.weight[5] = float("nan")
+    copilot_before = [p.detach().clone() for p in trainer.copilot_parameters()]
+    trainer.train()
+    assert len(trainer.mistake_log) == 0
+    assert all(torch.equal(a, b) for a, b in zip(copilot_before, trainer.copilot_parameters()))
+    assert any(e.get("copilot_skipped_steps") for e in trainer.state.log_history)
+
+
+def test_save_model_writes_a_loadable_adapter(tmp_path):
+    lora = get_peft_model(pilot(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = train(get_peft_model(lora, CopilotConfig()), copilot_args(tmp_path, max_steps=2))
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = PeftModel.from_pretrained(pilot(), tmp_path / "final").eval()
+    ids = TOKENIZER("12+34=", return_tensors="pt").input_ids
+    trainer.model.eval()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
+
+
+def test_eval_reports_copilot_loss(tmp_path):
+    args = copilot_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args, eval_dataset=arithmetic_dataset(8, seed=1))
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert evals and evals[0]["eval_copilot_loss"] > 0
