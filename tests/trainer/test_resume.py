@@ -1,0 +1,65 @@
+"""Checkpoints hold the Copilot, its optimiser and schedule, and the Mistake Log: a resumed run ends where the
+uninterrupted one does."""
+
+import os
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
+from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
+
+
+TOKENIZER = char_tokenizer()
+
+
+def make_trainer(output_dir, lora: bool, policy: str = "uniform"):
+    pilot = tiny_pilot(vocab_size=len(TOKENIZER))
+    if lora:
+        pilot = get_peft_model(pilot, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = CopilotSFTConfig(
+        output_dir=str(output_dir),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=3,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        seed=0,
+        mistake_log_sampling=policy,
+    )
+    return CopilotSFTTrainer(
+        model=get_peft_model(pilot, CopilotConfig()),
+        args=args,
+        train_dataset=arithmetic_dataset(),
+        processing_class=TOKENIZER,
+    )
+
+
+def trainable_state(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n or "copilot_" in n}
+
+
+@pytest.mark.parametrize(("lora", "policy"), [(True, "uniform"), (False, "newest")])
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy):
+    full = make_trainer(tmp_path / "full", lora, policy)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    names = set(os.listdir(checkpoint))
+    assert {"adapter_model.safetensors", "copilot_trainer_state.pt", "mistake_log_rank0.safetensors"} <= names
+    if not lora:
+        assert "pilot" in names  # a fully fine-tuned Pilot is checkpointed beside the adapter
+
+    resumed = make_trainer(tmp_path / "resumed", lora, policy)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert len(resumed.mistake_log) == len(full.mistake_log)
+    expected, actual = trainable_state(full), trainable_state(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    if not lora:
+        for (name, a), b in zip(full.copilot_tuner.model.named_parameters(), resumed.copilot_tuner.model.parameters()):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
