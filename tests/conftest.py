@@ -14,6 +14,7 @@ from transformers import (
 )
 
 import tcopilot_peft  # noqa: F401  (registers the PEFT method)
+from tcopilot_peft.toy import addition_dataset, char_tokenizer  # noqa: F401
 
 
 VOCAB = 97
@@ -56,32 +57,6 @@ def pilot():
     return tiny_pilot()
 
 
-def char_tokenizer():
-    """A character-level tokenizer built locally (no download): digits, letters, a few symbols."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = list("0123456789abcdefghijklmnopqrstuvwxyz +-*=?.:,()\n")
-    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
-    for ch in alphabet:
-        vocab[ch] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>"
-    )
-    return wrapped
-
-
 def arithmetic_dataset(n: int = 64, seed: int = 0):
     """Prompt/completion pairs of small additions, in TRL's prompt-completion form."""
-    import random
-
-    from datasets import Dataset
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        rows.append({"prompt": f"{a}+{b}=", "completion": f"{a + b}"})
-    return Dataset.from_list(rows)
+    return addition_dataset(n, seed)

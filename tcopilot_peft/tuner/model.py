@@ -242,7 +242,9 @@ class CopilotModel(BaseTuner):
         head, embedding = self._head_weight(), self._embedding_weight()
         key = (head.data_ptr(), head._version, embedding.data_ptr(), embedding._version, head.device)
         if self._gram_cache is None or self._gram_cache[0] != key:
-            self._gram_cache = (key, head.float().T @ embedding.float())
+            # Built outside inference mode so the cached matrix stays usable by later autograd-tracked calls.
+            with torch.inference_mode(False), torch.no_grad():
+                self._gram_cache = (key, head.float().T @ embedding.float())
         return self._gram_cache[1]
 
     def _pilot_memory(self, hidden_states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:

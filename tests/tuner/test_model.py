@@ -143,3 +143,12 @@ def test_non_finite_pilot_logits_do_not_crash_fusion():
     out = model(input_ids=ids)
     assert torch.isnan(out.logits[..., 5]).all()
     assert torch.isfinite(out.logits[..., :5]).all()
+
+
+def test_generation_in_inference_mode_then_forward_with_autograd():
+    model = copilot_on()
+    ids = prompts()
+    with torch.inference_mode():
+        model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    out = model(input_ids=ids, copilot_prompt_length=3)
+    assert out.logits.requires_grad

@@ -1,0 +1,76 @@
+"""Fine-tune a Pilot with a Transformer Copilot, TRL-style.
+
+    python examples/sft_copilot.py \
+        --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name path/to/math_10k.json \
+        --use_lora --lora_r 32 --load_in_4bit \
+        --output_dir qwen-copilot --num_train_epochs 3 --per_device_train_batch_size 4 \
+        --gradient_accumulation_steps 4 --learning_rate 2e-4 --copilot_learning_rate 3e-4 --max_length 256
+
+The dataset is a local JSON/JSONL file or a `datasets` name, in TRL prompt/completion (or conversational) form or in
+the LLM-Adapters instruction/input/output form. Every `CopilotSFTConfig` (and so `SFTConfig`) option is accepted.
+"""
+
+from dataclasses import dataclass, field
+
+from peft import get_peft_model
+from transformers import HfArgumentParser
+
+from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
+from tcopilot_peft.commands import load_pilot, load_tokenizer
+from tcopilot_peft.data import load_any_dataset, to_trl_format
+
+
+@dataclass
+class ScriptArguments:
+    model_name_or_path: str = field(metadata={"help": "Pilot: local directory or hub id."})
+    dataset_name: str = field(metadata={"help": "Local .json/.jsonl file or a datasets name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of a datasets name."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
+    use_lora: bool = field(
+        default=False, metadata={"help": "Give the Pilot LoRA (else all its weights train)."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "4-bit Pilot (QLoRA with --use_lora)."}
+    )
+    copilot_layers: int | None = field(default=None, metadata={"help": "Copilot depth; a quarter of the Pilot's."})
+    copilot_init: str = field(default="pilot_layers", metadata={"help": "pilot_layers, pretrained or random."})
+    copilot_pretrained: str | None = field(
+        default=None, metadata={"help": "Decoder for copilot_init=pretrained."}
+    )
+    fusion_mode: str = field(default="prob", metadata={"help": "prob or logit."})
+    fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ."})
+    copilot_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot."})
+
+
+def main() -> None:
+    script_args, training_args = HfArgumentParser((ScriptArguments, CopilotSFTConfig)).parse_args_into_dataclasses()
+    dataset = to_trl_format(load_any_dataset(script_args.dataset_name, split=script_args.dataset_split))
+    tokenizer = load_tokenizer(script_args.tokenizer_name_or_path or script_args.model_name_or_path)
+    pilot = load_pilot(
+        script_args.model_name_or_path,
+        load_in_4bit=script_args.load_in_4bit,
+        lora_r=script_args.lora_r if script_args.use_lora else 0,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+    )
+    copilot_config = CopilotConfig(
+        num_layers=script_args.copilot_layers,
+        init=script_args.copilot_init,
+        pretrained_model_name_or_path=script_args.copilot_pretrained,
+        fusion_mode=script_args.fusion_mode,
+        fusion_lambda=script_args.fusion_lambda,
+        dropout=script_args.copilot_dropout,
+    )
+    model = get_peft_model(pilot, copilot_config)
+    model.print_trainable_parameters()
+    trainer = CopilotSFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+    print(f"Saved the Copilot adapter (and the Pilot's LoRA, if any) to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

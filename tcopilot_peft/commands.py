@@ -1,0 +1,202 @@
+"""`tcopilot train` and `tcopilot generate`, and the model loading they (and `examples/sft_copilot.py`) share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from .cli import UsageError
+
+
+def check_model_path(name_or_path: str) -> None:
+    if looks_local(name_or_path) and not os.path.exists(name_or_path):
+        raise UsageError(f"model path not found: {name_or_path}")
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    check_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as error:
+        raise UsageError(f"cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_pilot(
+    name_or_path: str,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    lora_r: int = 0,
+    lora_alpha: int | None = None,
+    lora_dropout: float = 0.05,
+    lora_target_modules: list[str] | None = None,
+    dtype: str = "auto",
+):
+    """A causal-LM Pilot from a local directory or hub id, optionally quantized (bitsandbytes) and/or with LoRA.
+
+    A quantized Pilot trains only through LoRA (QLoRA), so `load_in_4bit`/`load_in_8bit` with `lora_r=0` gives a
+    Pilot that can carry a Copilot for inference or a Copilot-only phase, not Pilot training.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    check_model_path(name_or_path)
+    quantization = None
+    if load_in_4bit or load_in_8bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=load_in_4bit,
+            load_in_8bit=load_in_8bit,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+        )
+    try:
+        pilot = AutoModelForCausalLM.from_pretrained(
+            name_or_path, quantization_config=quantization, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+        )
+    except OSError as error:
+        raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    if quantization is not None and lora_r:
+        pilot = prepare_model_for_kbit_training(pilot, use_gradient_checkpointing=False)
+    if lora_r:
+        pilot = get_peft_model(
+            pilot,
+            LoraConfig(
+                r=lora_r,
+                lora_alpha=lora_alpha or 2 * lora_r,
+                lora_dropout=lora_dropout,
+                target_modules=lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return pilot
+
+
+def looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.exists(name)
+
+
+# ---------------------------------------------------------------------- tcopilot train
+
+
+def register_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a Pilot with a Transformer Copilot (Algorithm 1)",
+        description="Joint Pilot + Copilot supervised fine-tuning on a local JSON/JSONL file or a datasets name, "
+        "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form.",
+    )
+    parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
+    parser.add_argument("--dataset", required=True, help="local .json/.jsonl file or a datasets name")
+    parser.add_argument("--output-dir", required=True, help="where checkpoints and the final adapter go")
+    parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the Pilot (0: train all its weights)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
+    parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
+    parser.add_argument("--fusion-mode", choices=["prob", "logit"], default="prob")
+    parser.add_argument("--fusion-lambda", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--copilot-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--save-steps", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from peft import get_peft_model
+
+    from .data import load_any_dataset, to_trl_format
+    from .trainer import CopilotSFTConfig, CopilotSFTTrainer
+    from .tuner import CopilotConfig
+
+    check_model_path(args.model)
+    try:
+        dataset = to_trl_format(load_any_dataset(args.dataset))
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, lora_r=args.lora_r)
+    model = get_peft_model(
+        pilot,
+        CopilotConfig(num_layers=args.copilot_layers, fusion_mode=args.fusion_mode, fusion_lambda=args.fusion_lambda),
+    )
+    config = CopilotSFTConfig(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        copilot_learning_rate=args.copilot_learning_rate,
+        max_length=args.max_length,
+        save_steps=args.save_steps,
+        logging_steps=10,
+        seed=args.seed,
+        report_to=[],
+    )
+    trainer = CopilotSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        where = os.path.join(args.output_dir, f"interrupted-step-{trainer.state.global_step}")
+        trainer.save_model(where)
+        print(f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where}", file=sys.stderr)
+        return 130
+    trainer.save_model(args.output_dir)
+    print(f"saved the Copilot adapter to {args.output_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------- tcopilot generate
+
+
+def register_generate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate with a Pilot and its Copilot, beside the Pilot alone",
+        description="Load a Pilot and a saved Copilot adapter; print, per prompt, the Pilot's and the fused output.",
+    )
+    parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
+    parser.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--fusion-lambda", type=float, help="override the adapter's λ")
+    parser.add_argument("--load-in-4bit", action="store_true")
+    parser.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    if not os.path.isdir(args.adapter):
+        raise UsageError(f"adapter directory not found: {args.adapter}")
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer.padding_side = "left"
+    model = PeftModel.from_pretrained(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
+    if args.fusion_lambda is not None:
+        model.peft_config[model.active_adapter].fusion_lambda = args.fusion_lambda
+    inputs = tokenizer(args.prompt, return_tensors="pt", padding=True).to(model.device)
+    settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)
+    with torch.inference_mode():
+        fused = model.generate(**inputs, **settings)
+        with model.disable_adapter():
+            alone = model.generate(**inputs, **settings)
+    width = inputs["input_ids"].shape[1]
+    for prompt, pilot_ids, fused_ids in zip(args.prompt, alone, fused):
+        print(f"prompt:          {prompt}")
+        print(f"Pilot:           {tokenizer.decode(pilot_ids[width:], skip_special_tokens=True)}")
+        print(f"Pilot + Copilot: {tokenizer.decode(fused_ids[width:], skip_special_tokens=True)}\n")
+    return 0
