@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import tcopilot_peft
 from tcopilot_peft import CopilotConfig
+from tcopilot_peft.costs import cost_model
 
 
 def build_models(args):
@@ -45,26 +46,6 @@ def build_models(args):
     with torch.no_grad():  # a trained-looking Copilot: non-zero corrections, so fusion is not short-circuited
         model.base_model.copilot_model["default"].output_proj.weight.normal_(std=0.02)
     return model.eval()
-
-
-def flops_per_token(model) -> tuple[float, float]:
-    """Multiply-accumulates ×2 per generated token of the Pilot and of the Copilot (attention scores excluded)."""
-    pilot = model.base_model.model
-    vocab, hidden = pilot.lm_head.weight.shape
-    pilot_flops = 2 * (sum(p.numel() for p in pilot.model.layers.parameters()) + vocab * hidden)
-    network = model.base_model.copilot_model["default"]
-    copilot = sum(p.numel() for p in network.parameters())
-    # Cross-attention layers project two memory entries (X̃ and pooled h) per position through k/v (and the
-    # alignment map when widths differ); the correction goes through the Pilot's LM head; its feedback through G.
-    extra = sum(
-        block.attn.k_proj.weight.numel() + block.attn.v_proj.weight.numel()
-        for block in network.layers
-        if block.attn.is_cross
-    )
-    if isinstance(network.memory_proj, torch.nn.Linear):
-        extra += network.memory_proj.weight.numel()
-    copilot_flops = 2 * (copilot + extra + vocab * hidden + hidden * hidden)
-    return pilot_flops, copilot_flops
 
 
 def seconds(fn, device: str) -> float:
@@ -109,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = build_models(args)
-    pilot_flops, copilot_flops = flops_per_token(model)
+    flop_share = cost_model(model).inference_share()
     copilot_params = sum(p.numel() for p in model.base_model.copilot_model.parameters())
     pilot_params = sum(p.numel() for p in model.base_model.model.parameters())
     generator = torch.Generator().manual_seed(0)
@@ -134,10 +115,7 @@ def main() -> None:
         f"Copilot: {args.copilot_layers} layers, {copilot_params / 1e6:.2f}M params "
         f"({copilot_params / pilot_params:.1%} of the Pilot); fusion '{args.fusion_mode}'"
     )
-    print(
-        f"Copilot FLOP share per token: {copilot_flops / (pilot_flops + copilot_flops):.1%} "
-        f"(Copilot/Pilot = {copilot_flops / pilot_flops:.1%})"
-    )
+    print(f"Copilot FLOP share per generated token: {flop_share:.1%} (ideal fused/Pilot speed {1 - flop_share:.2f}×)")
     print(
         f"Device: {args.device} ({device_name}), {args.dtype}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, peft {peft.__version__}, "
@@ -162,7 +140,7 @@ def main() -> None:
             "device": device_name,
             "pilot_params": pilot_params,
             "copilot_params": copilot_params,
-            "copilot_flop_share": copilot_flops / (pilot_flops + copilot_flops),
+            "copilot_flop_share": flop_share,
             "rows": rows,
         }
         with open(args.json, "w") as handle:

@@ -26,20 +26,14 @@ class ScriptArguments:
     dataset_name: str = field(metadata={"help": "Local .json/.jsonl file or a datasets name."})
     dataset_split: str = field(default="train", metadata={"help": "Split of a datasets name."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
-    use_lora: bool = field(
-        default=False, metadata={"help": "Give the Pilot LoRA (else all its weights train)."}
-    )
+    use_lora: bool = field(default=False, metadata={"help": "Give the Pilot LoRA (else all its weights train)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    load_in_4bit: bool = field(
-        default=False, metadata={"help": "4-bit Pilot (QLoRA with --use_lora)."}
-    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "4-bit Pilot (QLoRA with --use_lora)."})
     copilot_layers: int | None = field(default=None, metadata={"help": "Copilot depth; a quarter of the Pilot's."})
     copilot_init: str = field(default="pilot_layers", metadata={"help": "pilot_layers, pretrained or random."})
-    copilot_pretrained: str | None = field(
-        default=None, metadata={"help": "Decoder for copilot_init=pretrained."}
-    )
+    copilot_pretrained: str | None = field(default=None, metadata={"help": "Decoder for copilot_init=pretrained."})
     fusion_mode: str = field(default="prob", metadata={"help": "prob or logit."})
     fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ."})
     copilot_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot."})

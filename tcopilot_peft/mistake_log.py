@@ -106,29 +106,33 @@ class MistakeLog:
         attention_mask: torch.Tensor | None,
         targets: torch.Tensor,
         hidden: torch.Tensor,
-        pilot_logits: torch.Tensor,
+        target_logits: torch.Tensor,
     ) -> list[MistakeLogRow]:
         """Log one training round (a micro-batch). Padding is dropped; rows with non-finite values are refused.
 
         Args:
             input_ids, attention_mask, targets: `(B, T)`; `targets[:, t]` is the token after position t or -100.
             hidden: `(B, T, d)` layer-pooled Pilot states.
-            pilot_logits: `(B, T, V)` the Pilot's logits of this forward; only the top-k probabilities are kept.
+            target_logits: the Pilot's logits at the target positions (`targets != -100`), packed row-major as
+                `(N, V)`, or per position as `(B, T, V)`. Only their top-k probabilities are kept.
 
         Returns:
             The rows that were logged (possibly fewer than B).
         """
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        has_target = targets != IGNORE_INDEX
+        if target_logits.dim() == 3:
+            target_logits = target_logits[has_target]
+        per_row = target_logits.split(has_target.sum(1).tolist())
         rows = []
         for b in range(input_ids.shape[0]):
             keep = mask[b]
-            row_targets = torch.where(keep, targets[b], IGNORE_INDEX)[keep]
-            logits = pilot_logits[b][keep]
-            valid = row_targets != IGNORE_INDEX
+            row_targets = torch.where(has_target[b], targets[b], IGNORE_INDEX)[keep]
+            logits = per_row[b][keep[has_target[b]]]  # target positions that are not padding
             row_hidden = hidden[b][keep]
-            if not (torch.isfinite(row_hidden).all() and torch.isfinite(logits[valid]).all()):
+            if not (torch.isfinite(row_hidden).all() and torch.isfinite(logits).all()):
                 continue  # nothing non-finite enters the buffer
-            probs = torch.softmax(logits[valid].float(), dim=-1)
+            probs = torch.softmax(logits.float(), dim=-1)
             top_probs, top_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
             rows.append(
                 MistakeLogRow(

@@ -16,7 +16,6 @@ The shape follows TRL's `GKDTrainer(SFTTrainer)`: a trainer that owns a second m
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -129,13 +128,14 @@ class CopilotSFTTrainer(SFTTrainer):
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, copilot_teacher_forcing=not training)
         loss = outputs.loss
         mode = "train" if training else "eval"
-        labels = inputs["labels"]
-        targets = shift_targets(labels)
+        targets = shift_targets(inputs["labels"])
         valid = targets != -100
         with torch.no_grad():
-            correct = (outputs.pilot_logits.argmax(-1) == targets) & valid
+            # In training the Pilot's logits come packed at the target positions (see CopilotModel.forward).
+            logits = outputs.pilot_logits if training else outputs.pilot_logits[valid]
+            correct = (logits.argmax(-1) == targets[valid]).sum()
             count = self.accelerator.gather_for_metrics(valid.sum()).sum()
-            accuracy = self.accelerator.gather_for_metrics(correct.sum()).sum() / count.clamp_min(1)
+            accuracy = self.accelerator.gather_for_metrics(correct).sum() / count.clamp_min(1)
         self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
         if training:
             self._captured = (inputs, outputs)
@@ -364,16 +364,3 @@ def _set_pilot_trainable(pilot: torch.nn.Module, mode: str) -> str:
         else:
             parameter.requires_grad_(False)
     return mode
-
-
-def copilot_training_flops_share(model) -> float:
-    """The Copilot's share of training FLOPs per token (forward + backward ≈ 3× forward for both models), with the
-    Pilot's frozen LM head entering the Copilot as a constant (its backward costs one pass, not two)."""
-    tuner = _find_copilot_tuner(model)
-    pilot = tuner.model
-    vocab, hidden = pilot.get_output_embeddings().weight.shape
-    pilot_params = sum(p.numel() for p in pilot.model.layers.parameters()) + vocab * hidden
-    copilot_params = sum(p.numel() for p in tuner.copilot_model.parameters())
-    copilot = 3 * copilot_params + 2 * 2 * vocab * hidden  # blocks fwd+bwd; head fwd + input-grad bwd; ℓ·E fwd
-    pilot_cost = 3 * pilot_params
-    return copilot / (copilot + pilot_cost) if math.isfinite(copilot) else float("nan")

@@ -38,7 +38,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..fusion import copilot_loss, error_embedding, fuse_logits, shift_targets
+from ..fusion import IGNORE_INDEX, copilot_loss, error_embedding, fuse_logits, shift_targets
 from .config import CopilotConfig
 from .network import CopilotNetwork, CopilotNetworkConfig
 
@@ -271,18 +271,32 @@ class CopilotModel(BaseTuner):
         topk_probs: torch.Tensor | None = None,
         topk_ids: torch.Tensor | None = None,
         loss_kind: str = "rmse",
+        full_correction: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the Copilot teacher-forced on the Pilot's errors and return (f, loss).
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
         Mistake Log replay (logged errors, top-k p̂). `targets[:, t]` is the gold token after position t (-100 where
-        there is none); the Copilot's input at t is the error at t − 1.
+        there is none); the Copilot's input at t is the error at t − 1. p̂ is given per position (`(B, T, ...)`) or
+        packed at the target positions only (`(N, ...)`, row-major), which is all the loss and the inputs need.
+
+        Returns:
+            f at the target positions (`(N, |V|)`), or at every position (`(B, T, |V|)`) with `full_correction`;
+            and the loss averaged over target positions.
         """
-        errors = error_embedding(self._embedding_weight(), targets, probs, topk_probs, topk_ids)
+        valid = targets != IGNORE_INDEX
+        gold = targets[valid]
+        probs, topk_probs, topk_ids = (_packed(x, valid) for x in (probs, topk_probs, topk_ids))
+        errors = torch.zeros(*targets.shape, memory_x.shape[-1], device=memory_x.device)
+        errors[valid] = error_embedding(self._embedding_weight(), gold, probs, topk_probs, topk_ids)
         inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
         u = self.active_network(inputs, memory_x, memory_h, key_valid)
-        correction = self.copilot_head(u)
-        return correction, copilot_loss(correction, targets, probs, topk_probs, topk_ids, kind=loss_kind)
+        if full_correction:
+            correction = self.copilot_head(u)
+            at_targets = correction[valid]
+        else:
+            correction = at_targets = self.copilot_head(u[valid])  # the |V|-sized head only where the loss is
+        return correction, copilot_loss(at_targets, gold, probs, topk_probs, topk_ids, kind=loss_kind)
 
     def copilot_replay(self, batch, loss_kind: str = "rmse") -> torch.Tensor:
         """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`); X̃ is re-embedded."""
@@ -380,16 +394,23 @@ class CopilotModel(BaseTuner):
         if labels is not None:
             if past:
                 raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-            pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
-            loss = self.model.loss_function(
-                logits=pilot_logits, labels=labels, vocab_size=self.model.config.get_text_config().vocab_size, **kw
-            )
+            targets = shift_targets(labels)
             if teacher_forcing:
+                pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
+                loss = self.model.loss_function(
+                    logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw
+                )
                 probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
                 correction, copilot_loss_value = self.copilot_teacher_forced(
-                    memory_x, memory_h, key_valid, shift_targets(labels), probs=probs
+                    memory_x, memory_h, key_valid, targets, probs=probs, full_correction=True
                 )
             else:
+                # The trainer's step: like TRL's own loss, the LM head runs only where there is a target, and the
+                # Copilot is left to the trainer (it learns from the Mistake Log). `pilot_logits` is then packed:
+                # one row per target position, row-major.
+                valid = targets != IGNORE_INDEX
+                pilot_logits = self.model.lm_head(hidden[valid])
+                loss = _cross_entropy(pilot_logits, targets[valid], kw.get("num_items_in_batch"))
                 correction = None
         else:
             if prompt_length is None:
@@ -540,6 +561,22 @@ class CopilotModel(BaseTuner):
 
 
 # ---------------------------------------------------------------------- module-level helpers
+
+
+def _packed(values: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor | None:
+    """Values at the target positions: select them from a per-position tensor, or pass an already packed one."""
+    if values is None or values.shape[: valid.dim()] != valid.shape:
+        return values
+    return values[valid]
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """The Pilot's token cross-entropy, normalised like transformers' causal-LM loss (by `num_items_in_batch` when
+    the trainer counts tokens across gradient-accumulation steps, else by the tokens here)."""
+    total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    if num_items_in_batch is None:
+        return total / max(targets.numel(), 1)
+    return total / torch.as_tensor(num_items_in_batch, device=total.device)
 
 
 def _first(slots: tuple[int, int] | None) -> int:

@@ -1,0 +1,186 @@
+"""Training cost of the Copilot: CopilotSFTTrainer vs plain TRL SFTTrainer, side by side in one process.
+
+Same Pilot (a randomly initialised Llama with LoRA, built from a config), same pre-tokenised data, same seed and
+steps for both arms. Prints the median step time of each arm, their ratio, the Copilot's analytic FLOP share beside
+it, and the Mistake Log's bytes per token against a dense |V|-sized 16-bit ℓ.
+
+    python benchmarks/bench_training.py
+    python benchmarks/bench_training.py --hidden 512 --layers 12 --vocab 32000 --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import peft
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+import tcopilot_peft
+from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
+from tcopilot_peft.costs import cost_model
+from tcopilot_peft.mistake_log import dense_error_bytes_per_token
+from tcopilot_peft.toy import char_tokenizer
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def build_pilot(args) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        num_key_value_heads=max(1, args.hidden // 128),
+        pad_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+    )
+    pilot = LlamaForCausalLM(config)
+    return get_peft_model(pilot, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear"))
+
+
+def synthetic_dataset(args) -> Dataset:
+    """Pre-tokenised prompt/completion rows; the loss covers the completion (the second half)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(args.steps * args.batch_size + args.batch_size):
+        ids = torch.randint(4, args.vocab, (args.length,), generator=generator).tolist()
+        half = args.length // 2
+        rows.append({"input_ids": ids, "completion_mask": [0] * half + [1] * (args.length - half)})
+    return Dataset.from_list(rows)
+
+
+def common_settings(args) -> dict:
+    return dict(
+        output_dir="/tmp/tcopilot-bench-training",
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-4,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        logging_steps=10**6,
+        seed=0,
+        bf16=False,
+        max_length=None,
+    )
+
+
+def run(trainer_cls, config_cls, model, dataset, settings, **extra) -> tuple[float, object]:
+    timer = StepTimer()
+    trainer = trainer_cls(
+        model=model,
+        args=config_cls(**settings, **extra),
+        train_dataset=dataset,
+        processing_class=char_tokenizer(),
+        callbacks=[timer],
+    )
+    trainer.train()
+    return statistics.median(timer.times[args_warmup(len(timer.times)) :]), trainer
+
+
+def args_warmup(steps: int) -> int:
+    return min(2, steps - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=16000)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--copilot-layers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--sampling", default="uniform", choices=["current", "uniform", "newest"])
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+
+    dataset = synthetic_dataset(args)
+    settings = common_settings(args)
+    rounds = []
+    for _ in range(2):  # two interleaved rounds, so drift of the machine affects both arms alike
+        plain_time, _ = run(SFTTrainer, SFTConfig, build_pilot(args), dataset, settings)
+        model = get_peft_model(build_pilot(args), CopilotConfig(num_layers=args.copilot_layers))
+        copilot_time, trainer = run(
+            CopilotSFTTrainer, CopilotSFTConfig, model, dataset, settings, mistake_log_sampling=args.sampling
+        )
+        rounds.append((plain_time, copilot_time))
+    plain_time = statistics.median(r[0] for r in rounds)
+    copilot_time = statistics.median(r[1] for r in rounds)
+
+    overhead = copilot_time / plain_time - 1
+    target_fraction = (args.length - args.length // 2) / args.length  # the completion tokens carry the loss
+    share = cost_model(model).training_share(
+        pilot_weights_train=False, target_fraction=target_fraction, dense_errors=args.sampling == "current"
+    )
+    target = 1.3 * share + 0.05
+    log_bytes = trainer.mistake_log.bytes_per_token
+    dense = dense_error_bytes_per_token(args.vocab)
+    copilot_params = sum(p.numel() for p in trainer.copilot_parameters())
+    print(
+        f"Pilot: Llama d={args.hidden}, {args.layers} layers, vocab {args.vocab}, LoRA r={args.lora_r}; Copilot "
+        f"{args.copilot_layers} layers ({copilot_params / 1e6:.2f}M params); batch {args.batch_size}×{args.length} "
+        f"tokens; Mistake Log sampling '{args.sampling}'; {args.steps} steps per arm, 2 interleaved rounds"
+    )
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}, "
+        f"tcopilot_peft {tcopilot_peft.__version__}\n"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| plain SFTTrainer step | {plain_time * 1e3:.0f} ms |")
+    print(f"| CopilotSFTTrainer step | {copilot_time * 1e3:.0f} ms |")
+    print(f"| step time ratio | {copilot_time / plain_time:.2f}× (overhead {overhead:+.0%}) |")
+    print(f"| Copilot FLOP share of a training token | {share:.0%} |")
+    print(
+        f"| target: overhead ≤ 1.3 × share + 5 points | {target:.0%} → {'met' if overhead <= target else 'NOT met'} |"
+    )
+    print(f"| Mistake Log bytes per token | {log_bytes:.0f} B |")
+    print(f"| dense 16-bit ℓ per token | {dense} B |")
+    print(f"| Mistake Log / dense | {log_bytes / dense:.2%} (target ≤ 2%) |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "plain_step_s": plain_time,
+                    "copilot_step_s": copilot_time,
+                    "overhead": overhead,
+                    "flop_share": share,
+                    "mistake_log_bytes_per_token": log_bytes,
+                    "dense_bytes_per_token": dense,
+                    "rounds": rounds,
+                },
+                handle,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
