@@ -149,7 +149,8 @@ def main() -> None:
     )
     print(
         f"CPU: {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, torch "
-        f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}, "
+        f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"peft {peft.__version__}, "
         f"tcopilot_peft {tcopilot_peft.__version__}\n"
     )
     print("| measure | value |")
