@@ -62,12 +62,12 @@ def log(message: str) -> None:
     print(f"[results {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def choose_fusion(model, tokenizer, validation, settings, feed="copilot"):
+def choose_fusion(model, tokenizer, validation, settings, feed="copilot", modes=MODES):
     """Best (λ, mode) on validation for the given inference feed; returns the choice and the whole grid."""
     config = model.peft_config[model.active_adapter]
     config.inference_feed = feed
     grid = {}
-    for mode in MODES:
+    for mode in modes:
         config.fusion_mode = mode
         for value in LAMBDAS:
             config.fusion_lambda = value
@@ -141,7 +141,10 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
 
         fusion, grid = choose_fusion(model, tokenizer, validation, settings)
         pilot_ok, fused_ok, speed = test_arms(model, tokenizer, test, settings)
-        feed_fusion, feed_grid = choose_fusion(model, tokenizer, validation, settings, feed="pilot_error")
+        chosen_mode = (fusion.split("/")[0],)
+        feed_fusion, feed_grid = choose_fusion(
+            model, tokenizer, validation, settings, feed="pilot_error", modes=chosen_mode
+        )
         _, feed_ok, _ = test_arms(model, tokenizer, test, settings)
         model.peft_config["default"].inference_feed = "copilot"
         skill_test = copilot_skill(model, tokenizer, test[:200])
@@ -158,7 +161,7 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
             train_pilot="none",
         )
         model.eval()
-        phase_fusion, _ = choose_fusion(model, tokenizer, validation, settings)
+        phase_fusion, _ = choose_fusion(model, tokenizer, validation, settings, modes=chosen_mode)
         _, phase_ok, _ = test_arms(model, tokenizer, test, settings)
         skill_phase = copilot_skill(model, tokenizer, test[:200])
 
@@ -169,7 +172,7 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
             current, tokenizer, splits["train"], settings, workdir / f"{task}-{seed}-h", mistake_log_sampling="current"
         )
         current.eval()
-        current_fusion, _ = choose_fusion(current, tokenizer, validation, settings)
+        current_fusion, _ = choose_fusion(current, tokenizer, validation, settings, modes=chosen_mode)
         current_pilot_ok, current_ok, _ = test_arms(current, tokenizer, test, settings)
 
         log(f"{task} seed {seed}: compute-matched plain SFT (d), {joint_seconds:.0f} s budget")
@@ -302,12 +305,12 @@ def task_table(task: str, runs: dict, seeds: list[int]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=["sum_then_product", "difference_then_product"])
+    parser.add_argument("--tasks", nargs="+", default=["sort_then_reverse", "count_then_max"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
-    sizes = dict(train=3000, validation=150, test=400, epochs=2.0)
+    sizes = dict(train=2000, validation=100, test=300, epochs=2.0)
     if args.quick:
         sizes = dict(train=300, validation=30, test=60, epochs=1.0)
     began = time.perf_counter()

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="a ~1-minute version (smaller data, one epoch)")
     parser.add_argument("--model", default=str(PILOT_DIR), help="Pilot directory or hub id (default: bundled)")
     parser.add_argument("--dataset", help="prompt/completion or LLM-Adapters JSON/JSONL (default: bundled task)")
-    parser.add_argument("--task", default="sum_then_product", help="bundled task when no --dataset is given")
+    parser.add_argument("--task", default="sort_then_reverse", help="bundled task when no --dataset is given")
     parser.add_argument("--output-dir", default="tcopilot-demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--copilot-layers", type=int)

@@ -34,10 +34,10 @@ LAMBDA_GRID = (0.3, 0.5, 1.0, 2.0)
 @dataclass
 class DemoSettings:
     model: str
-    task: str = "sum_then_product"
+    task: str = "sort_then_reverse"
     dataset: str | None = None
     train_size: int = 4000
-    validation_size: int = 200
+    validation_size: int = 150
     test_size: int = 400
     epochs: float = 2.0
     batch_size: int = 32
@@ -46,7 +46,7 @@ class DemoSettings:
     lora_r: int = 16
     copilot_layers: int | None = None
     fusion_mode: str = "prob"
-    max_new_tokens: int = 40
+    max_new_tokens: int = 72
     overhead_steps: int = 12
     seed: int = 0
     output_dir: str = "tcopilot-demo"

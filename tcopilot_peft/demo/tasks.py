@@ -5,9 +5,10 @@ Everything is generated from a seed; nothing is downloaded. All text uses the ch
 
 * The **pre-training mixture** teaches single skills: addition, subtraction, single-digit multiplication, digit
   sorting, reversal, copying, counting and maximum.
-* The **fine-tuning task** composes them with a short worked solution, `(a+b)*c` → `a+b=s. s*c=p. answer p`, which a
-  Pilot pre-trained on the single skills gets partly right: it has to chain a sum into a product with carries, and
-  it makes systematic mistakes on the way (the regime where the paper's Copilot is meant to help).
+* The **fine-tuning tasks** compose them with a short worked solution written in the skills' own formats, e.g.
+  `sortrev 52814` → `sort 52814:12458. rev 12458:85421. answer 85421`. A Pilot pre-trained on the single skills gets
+  them partly right and makes systematic mistakes on the way (the regime where the paper's Copilot is meant to
+  help). Two harder arithmetic compositions are kept for Pilots that learned arithmetic.
 """
 
 from __future__ import annotations
@@ -99,7 +100,33 @@ def difference_then_product(rng: random.Random) -> dict[str, str]:
     }
 
 
+def sort_then_reverse(rng: random.Random) -> dict[str, str]:
+    """Sort the digits, then reverse them (descending order), with the two steps written out."""
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 8)))
+    ascending = "".join(sorted(digits))
+    return {
+        "prompt": f"q sortrev {digits}\n",
+        "completion": f"sort {digits}:{ascending}. rev {ascending}:{ascending[::-1]}. answer {ascending[::-1]}",
+        "answer": ascending[::-1],
+    }
+
+
+def count_then_max(rng: random.Random) -> dict[str, str]:
+    """Count the a's in each of three words, then take the largest count."""
+    words = ["".join(rng.choice("abc") for _ in range(rng.randint(3, 9))) for _ in range(3)]
+    counts = [w.count("a") for w in words]
+    steps = " ".join(f"count a {w}:{c}." for w, c in zip(words, counts))
+    listed = ",".join(map(str, counts))
+    return {
+        "prompt": f"q maxcount {' '.join(words)}\n",
+        "completion": f"{steps} max {listed}:{max(counts)}. answer {max(counts)}",
+        "answer": str(max(counts)),
+    }
+
+
 FINE_TUNING_TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
+    "sort_then_reverse": sort_then_reverse,
+    "count_then_max": count_then_max,
     "sum_then_product": sum_then_product,
     "difference_then_product": difference_then_product,
 }
