@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench results clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) examples/quickstart.py
+	$(PY) -m tcopilot_peft demo
 
 test: venv
 	$(PY) -m pytest -q
@@ -27,7 +27,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check tcopilot_peft tests examples benchmarks
 
 bench: venv
-	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_inference.py --copilot-layers 2
+	$(PY) benchmarks/bench_training.py
+
+results: venv
+	$(PY) benchmarks/run_results.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
