@@ -326,6 +326,7 @@ class CopilotModel(BaseTuner):
         logits_to_keep: int | torch.Tensor = 0,
         copilot_prompt_length: int | torch.Tensor | None = None,
         copilot_teacher_forcing: bool = True,
+        copilot_components: bool = True,
         **kwargs: Any,
     ):
         """Fused forward. Arguments are the Pilot's, plus:
@@ -338,6 +339,10 @@ class CopilotModel(BaseTuner):
             copilot_teacher_forcing (`bool`, defaults to `True`):
                 With labels: run the Copilot teacher-forced on ℓ. `False` returns the Pilot's logits, loss and the
                 Mistake Log inputs only (the trainer then runs the Copilot on entries sampled from the log).
+            copilot_components (`bool`, defaults to `True`):
+                Also return the Pilot's logits and the Copilot's correction separately. `generate()` turns this off:
+                logit-space fusion is linear, z + λ·W·u = W·(h + λ·u), so the fused logits then take one LM-head
+                pass instead of two.
         """
         for key in ("output_attentions", "output_hidden_states", "return_dict"):
             if kwargs.get(key) is None:
@@ -359,6 +364,7 @@ class CopilotModel(BaseTuner):
             logits_to_keep,
             copilot_prompt_length,
             copilot_teacher_forcing,
+            copilot_components,
             **kwargs,
         )
 
@@ -366,7 +372,16 @@ class CopilotModel(BaseTuner):
         return self.model(**kwargs)
 
     def _fused_forward(
-        self, input_ids, attention_mask, inputs_embeds, labels, logits_to_keep, prompt_length, teacher_forcing, **kw
+        self,
+        input_ids,
+        attention_mask,
+        inputs_embeds,
+        labels,
+        logits_to_keep,
+        prompt_length,
+        teacher_forcing,
+        components,
+        **kw,
     ):
         """The Pilot's decoder, the Copilot on its states, then the LM head for both (`_logits_and_correction`).
 
@@ -421,14 +436,19 @@ class CopilotModel(BaseTuner):
             u = self._copilot_inference(
                 memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
             )
+            hidden_kept, u_kept = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
             if feed_pilot_error:
                 pilot_logits = _keep_positions(pilot_logits, logits_to_keep)
-                correction = self.copilot_head(_keep_positions(u, logits_to_keep))
+                correction = self.copilot_head(u_kept)
+            elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
+                head = self.model.lm_head
+                fused = head(hidden_kept + config.fusion_lambda * u_kept.to(hidden_kept.dtype))
+                pilot_logits = correction = None
             else:
-                pilot_logits, correction = self._logits_and_correction(
-                    _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-                )
-        if correction is None:
+                pilot_logits, correction = self._logits_and_correction(hidden_kept, u_kept)
+        if pilot_logits is None:
+            pass  # fused in hidden space above
+        elif correction is None:
             fused = pilot_logits
         else:
             fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
@@ -546,7 +566,7 @@ class CopilotModel(BaseTuner):
 
         @functools.wraps(original)
         def fused(*args, **kwargs):
-            return self.forward(*args, **kwargs)
+            return self.forward(*args, copilot_components=False, **kwargs)
 
         pilot.forward = fused
         self._generation_prompt_length = prompt_length

@@ -122,10 +122,12 @@ def test_labelled_forward_exposes_training_signals_without_gradient_into_the_pil
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base_model.copilot_model.parameters())
 
 
-def test_scoring_a_continuation_matches_generation_logits():
+@pytest.mark.parametrize("mode", ["prob", "logit"])
+def test_scoring_a_continuation_matches_generation_logits(mode):
     """With `copilot_prompt_length`, one forward over prompt + continuation reproduces the fused scores that
-    generation used for each continuation token (the log-likelihood evaluation path)."""
-    model = copilot_on()
+    generation used for each continuation token (the log-likelihood evaluation path). In logit mode generation
+    fuses in hidden space, W·(h + λu), which equals z + λ·W·u up to rounding."""
+    model = copilot_on(fusion_mode=mode)
     ids = prompts(batch=2, length=5)
     out = model.generate(
         input_ids=ids, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True
