@@ -19,8 +19,8 @@ import time
 import peft
 import torch
 import transformers
+from common import random_llama  # noqa: E402  (benchmarks/ is the script directory)
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import tcopilot_peft
 from tcopilot_peft import CopilotConfig
@@ -28,20 +28,8 @@ from tcopilot_peft.costs import cost_model
 
 
 def build_models(args):
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        num_key_value_heads=max(1, args.hidden // 128),
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    pilot = LlamaForCausalLM(config).to(args.device, dtype=getattr(torch, args.dtype)).eval()
+    pilot = random_llama(args.hidden, args.layers, args.vocab).to(args.device, dtype=getattr(torch, args.dtype))
+    pilot.eval()
     model = get_peft_model(pilot, CopilotConfig(num_layers=args.copilot_layers, fusion_mode=args.fusion_mode))
     with torch.no_grad():  # a trained-looking Copilot: non-zero corrections, so fusion is not short-circuited
         model.base_model.copilot_model["default"].output_proj.weight.normal_(std=0.02)

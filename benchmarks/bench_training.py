@@ -14,50 +14,26 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import peft
 import torch
 import transformers
 import trl
+from common import random_llama  # noqa: E402  (benchmarks/ is the script directory)
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 import tcopilot_peft
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
 from tcopilot_peft.costs import cost_model
+from tcopilot_peft.demo.pipeline import StepTimer
 from tcopilot_peft.mistake_log import dense_error_bytes_per_token
 from tcopilot_peft.toy import char_tokenizer
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
-
-
 def build_pilot(args) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        num_key_value_heads=max(1, args.hidden // 128),
-        pad_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    pilot = LlamaForCausalLM(config)
+    pilot = random_llama(args.hidden, args.layers, args.vocab)
     return get_peft_model(pilot, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear"))
 
 
