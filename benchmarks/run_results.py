@@ -180,9 +180,11 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
             settings, splits["train"], joint_seconds, workdir / f"{task}-{seed}-d"
         )
         completions, _ = generate_both(
-            matched, matched_tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("pilot",)
+            matched, matched_tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("fused",)
         )
-        matched_ok = correct(completions["pilot"], test)
+        # The "fused" arm is a plain generate() here: this model has no Copilot, and the "pilot" arm's
+        # disable_adapter() would switch off its LoRA, i.e. score the Pilot before fine-tuning.
+        matched_ok = correct(completions["fused"], test)
 
         runs[seed] = {
             "pilot": pilot_ok,
