@@ -41,13 +41,13 @@ from tcopilot_peft.costs import cost_model
 from tcopilot_peft.demo import PILOT_DIR
 from tcopilot_peft.demo.pipeline import (
     DemoSettings,
-    StepTimer,
     copilot_skill,
     correct,
     fine_tune,
     generate_both,
     load_pilot_with_lora,
     paired_gain,
+    plain_sft,
 )
 from tcopilot_peft.demo.tasks import task_splits
 from tcopilot_peft.tuner import CopilotConfig
@@ -86,42 +86,15 @@ def test_arms(model, tokenizer, test, settings):
     return correct(completions["pilot"], test), correct(completions["fused"], test), speed
 
 
-def plain_sft(settings, train, seconds_budget, output_dir):
-    """A fresh LoRA Pilot fine-tuned with plain TRL SFT for about `seconds_budget` of training steps."""
-    from trl import SFTConfig, SFTTrainer
-
-    model, tokenizer = load_pilot_with_lora(settings)
-    timer = StepTimer()
-    probe = SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=8,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        bf16=False,
-        seed=settings.seed,
-    )
-    SFTTrainer(model=model, args=probe, train_dataset=train, processing_class=tokenizer, callbacks=[timer]).train()
-    step = statistics.median(timer.times[2:])
+def compute_matched_sft(settings, train, seconds_budget, output_dir):
+    """Plain SFT of a fresh LoRA Pilot for about `seconds_budget` of training steps (the probe times one step)."""
+    _, _, probe = plain_sft(settings, train, output_dir / "probe", max_steps=8)
+    step = statistics.median(probe.times[2:])
     steps = max(1, int(seconds_budget / step))
-    model, tokenizer = load_pilot_with_lora(settings)
-    args = SFTConfig(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        bf16=False,
-        seed=settings.seed,
+    model, tokenizer, _ = plain_sft(
+        settings, train, output_dir, max_steps=steps, lr_scheduler_type="cosine", warmup_steps=0.05
     )
-    SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
-    return model.eval(), tokenizer, steps, step
+    return model, tokenizer, steps, step
 
 
 def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
@@ -176,7 +149,7 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
         current_pilot_ok, current_ok, _ = test_arms(current, tokenizer, test, settings)
 
         log(f"{task} seed {seed}: compute-matched plain SFT (d), {joint_seconds:.0f} s budget")
-        matched, matched_tokenizer, matched_steps, plain_step = plain_sft(
+        matched, matched_tokenizer, matched_steps, plain_step = compute_matched_sft(
             settings, splits["train"], joint_seconds, workdir / f"{task}-{seed}-d"
         )
         completions, _ = generate_both(

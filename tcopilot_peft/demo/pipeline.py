@@ -180,15 +180,16 @@ def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> f
     return 1.0 - math.sqrt(copilot_sq / count) / math.sqrt(zero_sq / count)
 
 
-def plain_sft_step_time(settings: DemoSettings, train: Dataset, output_dir: Path) -> float:
-    """Median step time of plain TRL SFT on the same Pilot, data and batch, for the overhead ratio."""
+def plain_sft(settings: DemoSettings, train: Dataset, output_dir: Path, max_steps: int, **overrides):
+    """A fresh LoRA Pilot fine-tuned with plain TRL SFT (no Copilot) on the same data and batch; returns the model,
+    its tokenizer and the per-step timer."""
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = load_pilot_with_lora(settings)
     timer = StepTimer()
-    args = SFTConfig(
-        output_dir=str(output_dir / "plain-sft"),
-        max_steps=settings.overhead_steps,
+    options = dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         save_strategy="no",
@@ -197,7 +198,17 @@ def plain_sft_step_time(settings: DemoSettings, train: Dataset, output_dir: Path
         bf16=False,
         seed=settings.seed,
     )
-    SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[timer]).train()
+    options.update(overrides)
+    trainer = SFTTrainer(
+        model=model, args=SFTConfig(**options), train_dataset=train, processing_class=tokenizer, callbacks=[timer]
+    )
+    trainer.train()
+    return model.eval(), tokenizer, timer
+
+
+def plain_sft_step_time(settings: DemoSettings, train: Dataset, output_dir: Path) -> float:
+    """Median step time of plain TRL SFT on the same Pilot, data and batch, for the overhead ratio."""
+    _, _, timer = plain_sft(settings, train, output_dir / "plain-sft", settings.overhead_steps)
     return statistics.median(timer.times[2:])
 
 
