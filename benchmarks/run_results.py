@@ -47,10 +47,15 @@ from tcopilot_peft.demo.pipeline import (
     generate_both,
     load_pilot_with_lora,
     paired_gain,
+    pilot_calibration,
     plain_sft,
 )
 from tcopilot_peft.demo.tasks import task_splits
 from tcopilot_peft.tuner import CopilotConfig
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from controls import copilot_layer_indices, ensemble_generate, expanded_pilot, small_model  # noqa: E402
 
 
 LAMBDAS = (0.3, 0.5, 0.8, 1.0, 2.0, 4.0)
@@ -97,13 +102,82 @@ def compute_matched_sft(settings, train, seconds_budget, output_dir):
     return model, tokenizer, steps, step
 
 
-def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
+def control_arms(model, tokenizer, settings, train, validation, test, workdir: Path, copilot_layers: int) -> dict:
+    """(e) the parameter-matched larger Pilot and (f) the logit ensemble with a small model of the Copilot's size."""
+    from peft import LoraConfig
+
+    results = {}
+    log(f"{settings.task} seed {settings.seed}: parameter-matched larger Pilot (e), +{copilot_layers} layers")
+    torch.manual_seed(settings.seed)
+    larger, new_layers = expanded_pilot(settings.model, copilot_layers)
+    results["param_matched_parameters"] = sum(p.numel() for p in larger.parameters())
+    larger = get_peft_model(
+        larger, LoraConfig(r=settings.lora_r, lora_alpha=2 * settings.lora_r, target_modules="all-linear")
+    )
+    for name, parameter in larger.named_parameters():
+        if any(f".layers.{index}." in name for index in new_layers):
+            parameter.requires_grad_(True)  # the added layers train fully, like the Copilot's
+    larger, _, _ = plain_sft(
+        settings,
+        train,
+        workdir / "e",
+        max_steps=-1,
+        model=larger,
+        num_train_epochs=settings.epochs,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+    )
+    completions, _ = generate_both(
+        larger, tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("fused",)
+    )
+    results["param_matched"] = correct(completions["fused"], test)  # a plain generate(): this model has no Copilot
+
+    log(f"{settings.task} seed {settings.seed}: small model of the Copilot's size, fine-tuned alone, ensembled (f)")
+    torch.manual_seed(settings.seed)
+    pretrained = AutoModelForCausalLM.from_pretrained(settings.model)
+    num_pilot_layers = pretrained.config.num_hidden_layers
+    results["pretrained_pilot_parameters"] = sum(p.numel() for p in pretrained.parameters())
+    small = small_model(settings.model, copilot_layer_indices(num_pilot_layers, copilot_layers))
+    results["small_parameters"] = sum(p.numel() for p in small.parameters())
+    small, _, _ = plain_sft(
+        settings,
+        train,
+        workdir / "f",
+        max_steps=-1,
+        model=small,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.copilot_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+    )
+    completions, _ = generate_both(
+        small, tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("fused",)
+    )
+    results["small_alone"] = correct(completions["fused"], test)
+    grid = {}
+    with model.disable_adapter():  # the Pilot (a): its LoRA on, the Copilot off
+        for weight in LAMBDAS:
+            outputs = ensemble_generate(
+                model, small, weight, tokenizer, [r["prompt"] for r in validation], settings.max_new_tokens
+            )
+            grid[weight] = sum(correct(outputs, validation)) / len(validation)
+        best = max(LAMBDAS, key=lambda w: (grid[w], -abs(w - 1.0)))
+        outputs = ensemble_generate(
+            model, small, best, tokenizer, [r["prompt"] for r in test], settings.max_new_tokens
+        )
+    results["ensemble"] = correct(outputs, test)
+    results["ensemble_weight"] = best
+    results["ensemble_grid"] = grid
+    return results
+
+
+def run_task(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir: Path, arms: set[str]) -> dict:
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     validation, test = splits["validation"].to_list(), splits["test"].to_list()
     runs = {}
     for seed in seeds:
         log(f"{task} seed {seed}: joint training (b)")
-        settings = DemoSettings(model=str(PILOT_DIR), task=task, seed=seed, epochs=sizes["epochs"])
+        settings = DemoSettings(model=str(pilot_dir), task=task, seed=seed, epochs=sizes["epochs"])
         pilot, tokenizer = load_pilot_with_lora(settings)
         model = get_peft_model(pilot, CopilotConfig())
         trainer, timer = fine_tune(model, tokenizer, splits["train"], settings, workdir / f"{task}-{seed}")
@@ -120,33 +194,56 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
         )
         _, feed_ok, _ = test_arms(model, tokenizer, test, settings)
         model.peft_config["default"].inference_feed = "copilot"
+        mode, value = fusion.split("/")
+        model.peft_config["default"].fusion_mode, model.peft_config["default"].fusion_lambda = mode, float(value)
         skill_test = copilot_skill(model, tokenizer, test[:200])
         skill_train = copilot_skill(model, tokenizer, splits["train"].select(range(200)).to_list())
+        calibration = {
+            "test": pilot_calibration(model, tokenizer, test[:200]),
+            "train": pilot_calibration(model, tokenizer, splits["train"].select(range(200)).to_list()),
+        }
+        run = {
+            "pilot": pilot_ok,
+            "joint": fused_ok,
+            "joint_fusion": fusion,
+            "validation_grid": grid,
+            "feed_pilot_error": feed_ok,
+            "feed_fusion": feed_fusion,
+            "feed_grid": feed_grid,
+            "joint_steps": trainer.state.global_step,
+            "joint_seconds": joint_seconds,
+            "skill_test": skill_test,
+            "skill_train": skill_train,
+            "pilot_calibration": calibration,
+            "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
+            "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
+            "adapter": str(adapter_dir),
+        }
+        copilot_layers = model.base_model.copilot_model["default"].config.num_layers
+        if seed == seeds[0]:
+            costs = cost_model(model)
+            runs["costs"] = {
+                "copilot_parameters": sum(p.numel() for p in model.base_model.copilot_model.parameters()),
+                "pilot_parameters": sum(  # the pretrained Pilot's own weights, not its LoRA
+                    p.numel() for n, p in model.base_model.model.named_parameters() if "lora_" not in n
+                ),
+                "training_flop_share": costs.training_share(pilot_weights_train=False, target_fraction=0.75),
+                "inference_flop_share": costs.inference_share(),
+            }
 
-        log(f"{task} seed {seed}: Copilot-only phase on the final Pilot (c)")
-        fine_tune(
-            model,
-            tokenizer,
-            splits["train"],
-            settings,
-            workdir / f"{task}-{seed}-c",
-            num_train_epochs=1.0,
-            train_pilot="none",
-        )
-        model.eval()
-        phase_fusion, _ = choose_fusion(model, tokenizer, validation, settings, modes=chosen_mode)
-        _, phase_ok, _ = test_arms(model, tokenizer, test, settings)
-        skill_phase = copilot_skill(model, tokenizer, test[:200])
-
-        log(f"{task} seed {seed}: current-batch-only replay (h)")
-        current_pilot, _ = load_pilot_with_lora(settings)
-        current = get_peft_model(current_pilot, CopilotConfig())
-        fine_tune(
-            current, tokenizer, splits["train"], settings, workdir / f"{task}-{seed}-h", mistake_log_sampling="current"
-        )
-        current.eval()
-        current_fusion, _ = choose_fusion(current, tokenizer, validation, settings, modes=chosen_mode)
-        current_pilot_ok, current_ok, _ = test_arms(current, tokenizer, test, settings)
+        if "ensemble" in arms:
+            run.update(
+                control_arms(
+                    model,
+                    tokenizer,
+                    settings,
+                    splits["train"],
+                    validation,
+                    test,
+                    workdir / f"{task}-{seed}",
+                    copilot_layers,
+                )
+            )
 
         log(f"{task} seed {seed}: compute-matched plain SFT (d), {joint_seconds:.0f} s budget")
         matched, matched_tokenizer, matched_steps, plain_step = compute_matched_sft(
@@ -157,57 +254,63 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
         )
         # The "fused" arm is a plain generate() here: this model has no Copilot, and the "pilot" arm's
         # disable_adapter() would switch off its LoRA, i.e. score the Pilot before fine-tuning.
-        matched_ok = correct(completions["fused"], test)
+        run["compute_matched"] = correct(completions["fused"], test)
+        run["compute_matched_steps"] = matched_steps
+        run["step_ratio"] = statistics.median(timer.times[2:]) / plain_step
+        del matched
 
-        runs[seed] = {
-            "pilot": pilot_ok,
-            "joint": fused_ok,
-            "joint_fusion": fusion,
-            "validation_grid": grid,
-            "feed_pilot_error": feed_ok,
-            "feed_fusion": feed_fusion,
-            "feed_grid": feed_grid,
-            "copilot_only_phase": phase_ok,
-            "phase_fusion": phase_fusion,
-            "current_replay_pilot": current_pilot_ok,
-            "current_replay": current_ok,
-            "current_fusion": current_fusion,
-            "compute_matched": matched_ok,
-            "compute_matched_steps": matched_steps,
-            "joint_steps": trainer.state.global_step,
-            "skill_test": skill_test,
-            "skill_train": skill_train,
-            "skill_after_phase": skill_phase,
-            "step_ratio": statistics.median(timer.times[2:]) / plain_step,
-            "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
-            "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
-            "adapter": str(adapter_dir),
-        }
-        if seed == seeds[0]:
-            costs = cost_model(model)
-            runs["costs"] = {
-                "copilot_parameters": sum(p.numel() for p in model.base_model.copilot_model.parameters()),
-                "pilot_parameters": sum(p.numel() for p in model.base_model.model.parameters()),
-                "training_flop_share": costs.training_share(pilot_weights_train=False, target_fraction=0.75),
-                "inference_flop_share": costs.inference_share(),
-            }
-        del model, current, matched
+        if "phase" in arms:
+            log(f"{task} seed {seed}: Copilot-only phase on the final Pilot (c)")
+            fine_tune(
+                model,
+                tokenizer,
+                splits["train"],
+                settings,
+                workdir / f"{task}-{seed}-c",
+                num_train_epochs=1.0,
+                train_pilot="none",
+            )
+            model.eval()
+            run["phase_fusion"], _ = choose_fusion(model, tokenizer, validation, settings, modes=chosen_mode)
+            _, run["copilot_only_phase"], _ = test_arms(model, tokenizer, test, settings)
+            run["skill_after_phase"] = copilot_skill(model, tokenizer, test[:200])
 
+        if "current" in arms:
+            log(f"{task} seed {seed}: current-batch-only replay (h)")
+            current_pilot, _ = load_pilot_with_lora(settings)
+            current = get_peft_model(current_pilot, CopilotConfig())
+            fine_tune(
+                current,
+                tokenizer,
+                splits["train"],
+                settings,
+                workdir / f"{task}-{seed}-h",
+                mistake_log_sampling="current",
+            )
+            current.eval()
+            run["current_fusion"], _ = choose_fusion(current, tokenizer, validation, settings, modes=chosen_mode)
+            run["current_replay_pilot"], run["current_replay"], _ = test_arms(current, tokenizer, test, settings)
+            del current
+        runs[seed] = run
+        del model
+
+    if "transfer" not in arms:
+        return runs
     log(f"{task}: transfer to sibling Pilots (g)")
     for index, seed in enumerate(seeds):
         sibling_seed = seeds[(index + 1) % len(seeds)]
         if sibling_seed == seed:
             break
-        settings = DemoSettings(model=str(PILOT_DIR), task=task, seed=sibling_seed, epochs=sizes["epochs"])
+        settings = DemoSettings(model=str(pilot_dir), task=task, seed=sibling_seed, epochs=sizes["epochs"])
         # The sibling: the Pilot fine-tuned (its LoRA) under another seed, as saved with that run's adapter; then the
         # Copilot weights of this seed's run replace the sibling's own Copilot.
-        base = AutoModelForCausalLM.from_pretrained(PILOT_DIR)
+        base = AutoModelForCausalLM.from_pretrained(pilot_dir)
         transferred = PeftModel.from_pretrained(base, workdir / f"{task}-{sibling_seed}-copilot")
         own = load_file(workdir / f"{task}-{seed}-copilot" / "adapter_model.safetensors")
         marker = "copilot_model."
         copilot_weights = {key.split(marker, 1)[1]: value for key, value in own.items() if marker in key}
         transferred.base_model.copilot_model["default"].load_state_dict(copilot_weights)
-        tokenizer = AutoTokenizer.from_pretrained(PILOT_DIR)
+        tokenizer = AutoTokenizer.from_pretrained(pilot_dir)
         mode, value = runs[seed]["joint_fusion"].split("/")
         config = transferred.peft_config["default"]
         config.fusion_mode, config.fusion_lambda = mode, float(value)
@@ -216,6 +319,75 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
         runs[seed]["transfer_sibling_pilot"] = sibling_ok
         runs[seed]["transfer"] = transfer_ok
     return runs
+
+
+def skill_against_pilot_progress(pilot_dir: Path, task: str, sizes: dict, workdir: Path, copilot_steps: int) -> list:
+    """Why the Copilot gains or not: train a fresh Copilot alone (`train_pilot="none"`, the same number of steps) on
+    the frozen Pilot at several points of its fine-tuning, and measure the Copilot's held-out skill beside the
+    Pilot's token accuracy and calibration. No accuracy claim is made from this (λ is not chosen here)."""
+    splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
+    test, train = splits["test"].to_list()[:200], splits["train"]
+    settings = DemoSettings(model=str(pilot_dir), task=task, seed=0, epochs=sizes["epochs"])
+    total = int(sizes["epochs"] * len(train) / settings.batch_size)
+    rows = []
+    for fraction in (0.0, 0.1, 0.3, 1.0):
+        steps = int(round(fraction * total))
+        log(f"{task}: Copilot skill on a Pilot fine-tuned for {steps} of {total} steps")
+        if steps:
+            pilot, tokenizer, _ = plain_sft(
+                settings,
+                train,
+                workdir / f"progress-{steps}",
+                max_steps=steps,
+                lr_scheduler_type="cosine",
+                warmup_steps=0.05,
+            )
+        else:
+            pilot, tokenizer = load_pilot_with_lora(settings)
+        torch.manual_seed(0)
+        model = get_peft_model(pilot, CopilotConfig())
+        fine_tune(
+            model,
+            tokenizer,
+            train,
+            settings,
+            workdir / f"progress-{steps}-copilot",
+            train_pilot="none",
+            max_steps=copilot_steps,
+        )
+        model.eval()
+        rows.append(
+            {
+                "pilot_steps": steps,
+                "pilot_total_steps": total,
+                "copilot_steps": copilot_steps,
+                "skill_test": copilot_skill(model, tokenizer, test),
+                "skill_train": copilot_skill(model, tokenizer, train.select(range(200)).to_list()),
+                **{f"pilot_{k}": v for k, v in pilot_calibration(model, tokenizer, test).items()},
+            }
+        )
+    return rows
+
+
+def progress_table(task: str, rows: list) -> list[str]:
+    lines = [
+        f"### Why: the Copilot's skill against how far the Pilot is fine-tuned (base Pilot, `{task}`, seed 0)",
+        "",
+        f"A fresh Copilot trained alone for {rows[0]['copilot_steps']} steps (default settings) on the frozen Pilot, "
+        "taken at several points of a plain LoRA fine-tuning of the same data. Teacher-forced, on completion tokens.",
+        "",
+        "| Pilot fine-tuning steps | Pilot token accuracy (%) | Pilot calibration error (points) "
+        "| Copilot skill, held-out (%) | Copilot skill, training prompts (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['pilot_steps']} of {row['pilot_total_steps']} | {100 * row['pilot_token_accuracy']:.1f} | "
+            f"{100 * row['pilot_expected_calibration_error']:.1f} | {100 * row['skill_test']:+.1f} | "
+            f"{100 * row['skill_train']:+.1f} |"
+        )
+    lines.append("")
+    return lines
 
 
 def mean_std(values: list[float]) -> str:
@@ -228,9 +400,9 @@ def accuracy_points(items: list[bool]) -> float:
     return 100 * sum(items) / len(items)
 
 
-def task_table(task: str, runs: dict, seeds: list[int]) -> list[str]:
+def task_table(title: str, runs: dict, seeds: list[str]) -> list[str]:
     lines = [
-        f"### Task `{task}`",
+        f"### {title}",
         "",
         "| arm | test accuracy (%) | gain vs (a), paired (points) | per seed | fixed / broken |",
     ]
@@ -253,6 +425,9 @@ def task_table(task: str, runs: dict, seeds: list[int]) -> list[str]:
     row("(b′) same, inference feed onehot(ŷ) − p̂", "feed_pilot_error")
     row("(c) + Copilot-only phase on the final Pilot", "copilot_only_phase")
     row("(d) compute-matched Pilot (plain SFT, same wall time)", "compute_matched")
+    row("(e) parameter-matched larger Pilot (+ Copilot-sized layers)", "param_matched")
+    row("(f) logit ensemble: Pilot + separately fine-tuned small model", "ensemble")
+    row("    the small model of (f) alone", "small_alone")
     row("(h) joint, current-batch-only replay", "current_replay", reference="current_replay_pilot")
     transfer_seeds = [s for s in seeds if "transfer" in runs[s]]
     if transfer_seeds:
@@ -265,32 +440,107 @@ def task_table(task: str, runs: dict, seeds: list[int]) -> list[str]:
             f"{', '.join(f'{g:+.1f}' for g in gains)} | |"
         )
     lines.append("")
-    skills = [runs[s]["skill_test"] for s in seeds]
     lines.append(
-        f"Copilot skill 1 − RMSE(f, ℓ)/RMSE(0, ℓ), teacher-forced: held-out {mean_std([100 * x for x in skills])} %, "
-        f"training prompts {mean_std([100 * runs[s]['skill_train'] for s in seeds])} %, after the Copilot-only phase "
-        f"{mean_std([100 * runs[s]['skill_after_phase'] for s in seeds])} % (held-out). λ/mode chosen on validation: "
+        "Copilot skill 1 − RMSE(f, ℓ)/RMSE(0, ℓ), teacher-forced: held-out "
+        f"{mean_std([100 * runs[s]['skill_test'] for s in seeds])} %, training prompts "
+        f"{mean_std([100 * runs[s]['skill_train'] for s in seeds])} %"
+        + (
+            f", after the Copilot-only phase {mean_std([100 * runs[s]['skill_after_phase'] for s in seeds])} % "
+            "(held-out)"
+            if all("skill_after_phase" in runs[s] for s in seeds)
+            else ""
+        )
+        + ". λ/mode chosen on validation: "
         + ", ".join(f"seed {s}: {runs[s]['joint_fusion']}" for s in seeds)
+        + "; with the onehot(ŷ) − p̂ feed: "
+        + ", ".join(f"seed {s}: {runs[s]['feed_fusion']}" for s in seeds)
         + "."
+    )
+    calibration = [runs[s]["pilot_calibration"] for s in seeds]
+    lines.append(
+        "The Pilot, teacher-forced on completion tokens: token accuracy "
+        f"{mean_std([100 * c['train']['token_accuracy'] for c in calibration])} % on training prompts, "
+        f"{mean_std([100 * c['test']['token_accuracy'] for c in calibration])} % held-out; expected calibration error "
+        f"{mean_std([100 * c['train']['expected_calibration_error'] for c in calibration])} / "
+        f"{mean_std([100 * c['test']['expected_calibration_error'] for c in calibration])} points."
+    )
+    if all("ensemble_weight" in runs[s] for s in seeds):
+        first = runs[seeds[0]]
+        lines.append(
+            f"Parameters: Copilot {runs['costs']['copilot_parameters'] / 1e3:.0f}k; the larger Pilot (e) adds "
+            f"{(first['param_matched_parameters'] - first['pretrained_pilot_parameters']) / 1e3:.0f}k to the Pilot's "
+            f"{first['pretrained_pilot_parameters'] / 1e3:.0f}k; the small model "
+            f"(f) has {first['small_parameters'] / 1e3:.0f}k. Ensemble weight chosen on validation: "
+            + ", ".join(f"seed {s}: {runs[s]['ensemble_weight']}" for s in seeds)
+            + "."
+        )
+    lines.append(
+        "Joint training: "
+        + ", ".join(f"seed {s}: {runs[s]['joint_steps']} steps in {runs[s]['joint_seconds']:.0f} s" for s in seeds)
+        + f"; compute-matched Pilot steps: {', '.join(str(runs[s]['compute_matched_steps']) for s in seeds)}."
     )
     lines.append("")
     return lines
+
+
+PILOTS = {"base": PILOT_DIR, "small": HERE / "pilots" / "small"}
+ALL_ARMS = ("ensemble", "phase", "current", "transfer")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tasks", nargs="+", default=["sort_then_reverse", "count_then_max"])
+    parser.add_argument("--pilots", nargs="+", default=list(PILOTS), choices=list(PILOTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--base-pilot-arms",
+        nargs="*",
+        default=["ensemble", "phase", "transfer"],
+        choices=ALL_ARMS,
+        help="Optional arms run on the base Pilot; (a), (b), (b′), (d) always run.",
+    )
+    parser.add_argument(
+        "--small-pilot-arms",
+        nargs="*",
+        default=[],
+        choices=ALL_ARMS,
+        help="Optional arms also run on the small Pilot.",
+    )
+    parser.add_argument("--resume", action="store_true", help="Keep the finished blocks of an interrupted run.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
-    sizes = dict(train=2000, validation=100, test=300, epochs=2.0)
+    sizes = dict(train=4000, validation=100, test=300, epochs=1.0)
     if args.quick:
         sizes = dict(train=300, validation=30, test=60, epochs=1.0)
+    missing = [name for name in args.pilots if not (PILOTS[name] / "config.json").exists()]
+    if missing:
+        sys.exit(
+            f"Pilot(s) {missing} not found; rebuild: python -m tcopilot_peft.demo.pretrain --output-dir "
+            f"{PILOTS['small']} --hidden-size 96 --layers 3"
+        )
     began = time.perf_counter()
-    results = {task: run_task(task, args.seeds, sizes, args.workdir) for task in args.tasks}
-    wall = time.perf_counter() - began
+    # Finished (Pilot, task) blocks are kept in the workdir as they complete: --resume skips them after a crash.
+    partial = args.workdir / "partial.json"
+    results = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    results.pop("wall_seconds_so_far", None)
+    previous_seconds = results.pop("seconds", 0.0)
+    for name in args.pilots:
+        arms = set(args.base_pilot_arms) if name == "base" else set(args.small_pilot_arms)
+        for task in args.tasks:
+            if f"{name}/{task}" in results:
+                log(f"{name}/{task}: kept from {partial}")
+                continue
+            runs = run_task(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms)
+            results[f"{name}/{task}"] = {str(k): v for k, v in runs.items()}
+            partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+    if "progress" not in results:
+        results["progress"] = skill_against_pilot_progress(
+            PILOTS[args.pilots[0]], args.tasks[-1], sizes, args.workdir / "progress", 25 if args.quick else 150
+        )
+    progress = results["progress"]
+    wall = previous_seconds + time.perf_counter() - began
     (args.output.with_suffix(".json")).write_text(json.dumps(results, indent=1, default=str))
     lines = ["# Results: does the Copilot help, when, and at what cost?", ""]
     lines += [
@@ -300,33 +550,59 @@ def main() -> None:
         f"{transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}, tcopilot_peft "
         f"{tcopilot_peft.__version__}. Per-item results are in `{args.output.with_suffix('.json').name}`.",
         "",
-        f"Regime: the bundled pretrained Pilot, LoRA r=16, {sizes['train']} distinct training examples, "
+        f"Regime: a pretrained Pilot, LoRA r=16, {sizes['train']} distinct training examples, "
         f"{sizes['epochs']:g} epochs; {sizes['validation']} validation and {sizes['test']} test items per task; "
-        f"seeds {args.seeds}. λ ∈ {list(LAMBDAS)} × mode ∈ {list(MODES)} chosen on validation.",
+        f"seeds {args.seeds}. λ ∈ {list(LAMBDAS)} × mode ∈ {list(MODES)} chosen on validation. Pilots: "
+        + "; ".join(
+            f"{name} ({_parameters(PILOTS[name]) / 1e3:.0f}k parameters, `{PILOTS[name].relative_to(HERE.parent)}`)"
+            for name in args.pilots
+        )
+        + ".",
         "",
     ]
-    for task in args.tasks:
-        lines += task_table(task, results[task], args.seeds)
-    costs = results[args.tasks[0]]["costs"]
-    runs = [results[t][s] for t in args.tasks for s in args.seeds]
-    lines += [
-        "### Cost",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| Copilot parameters (share of the Pilot) | {costs['copilot_parameters'] / 1e6:.2f}M "
-        f"({costs['copilot_parameters'] / costs['pilot_parameters']:.0%}) |",
-        f"| Copilot FLOP share, training / generation | {costs['training_flop_share']:.0%} / "
-        f"{costs['inference_flop_share']:.0%} |",
-        f"| training step time, CopilotSFTTrainer / SFTTrainer | {mean_std([r['step_ratio'] for r in runs])}× |",
-        f"| generation tokens/s, fused / Pilot (batch 64, greedy) | "
-        f"{mean_std([r['tokens_per_second_ratio'] for r in runs])}× |",
-        f"| Mistake Log bytes per token | {statistics.mean(r['mistake_log_bytes_per_token'] for r in runs):.0f} |",
-        "",
-    ]
+    for key, runs in results.items():
+        if "/" in key:
+            name, task = key.split("/")
+            lines += task_table(f"{name} Pilot, task `{task}`", runs, [str(s) for s in args.seeds])
+    lines += progress_table(args.tasks[-1], progress)
+    lines += ["### Cost", "", "| measure | " + " | ".join(f"{name} Pilot" for name in args.pilots) + " |"]
+    lines.append("|---|" + "---|" * len(args.pilots))
+
+    def cost_row(label, value):
+        cells = []
+        for name in args.pilots:
+            costs = results[f"{name}/{args.tasks[0]}"]["costs"]
+            runs = [results[f"{name}/{t}"][str(s)] for t in args.tasks for s in args.seeds]
+            cells.append(value(costs, runs))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    cost_row(
+        "Copilot parameters (share of the Pilot)",
+        lambda c, r: f"{c['copilot_parameters'] / 1e3:.0f}k ({c['copilot_parameters'] / c['pilot_parameters']:.0%})",
+    )
+    cost_row(
+        "Copilot FLOP share, training / generation",
+        lambda c, r: f"{c['training_flop_share']:.0%} / {c['inference_flop_share']:.0%}",
+    )
+    cost_row(
+        "training step time, CopilotSFTTrainer / SFTTrainer", lambda c, r: f"{mean_std([x['step_ratio'] for x in r])}×"
+    )
+    cost_row(
+        "generation tokens/s, fused / Pilot (batch 64, greedy)",
+        lambda c, r: f"{mean_std([x['tokens_per_second_ratio'] for x in r])}×",
+    )
+    cost_row(
+        "Mistake Log bytes per token",
+        lambda c, r: f"{statistics.mean(x['mistake_log_bytes_per_token'] for x in r):.0f}",
+    )
+    lines.append("")
     args.output.write_text("\n".join(lines))
     print("\n".join(lines))
     sys.stdout.flush()
+
+
+def _parameters(pilot_dir: Path) -> int:
+    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(pilot_dir).parameters())
 
 
 if __name__ == "__main__":

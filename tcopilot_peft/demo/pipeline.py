@@ -23,6 +23,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from ..fusion import error_distance, shift_targets
+from ..generation import generate_arms
 from ..trainer import CopilotSFTConfig, CopilotSFTTrainer
 from ..tuner import CopilotConfig
 from .tasks import extract_answer, task_splits
@@ -109,32 +110,21 @@ def answer_of(row: dict) -> str:
 # ---------------------------------------------------------------------- measurements
 
 
-@torch.inference_mode()
 def generate_both(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64, arms=("pilot", "fused")
 ):
     """Greedy completions without the Copilot and with it (the same model, prompts and decoding, interleaved batch
     by batch so both arms see the same machine), and each arm's generated tokens per second."""
-    tokenizer.padding_side = "left"
     completions: dict[str, list[str]] = {arm: [] for arm in arms}
-    seconds = dict.fromkeys(arms, 0.0)
-    tokens = dict.fromkeys(arms, 0)
+    tokens, seconds = dict.fromkeys(arms, 0), dict.fromkeys(arms, 0.0)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-        width = batch["input_ids"].shape[1]
+        batch, costs = generate_arms(model, tokenizer, prompts[start : start + batch_size], arms, **settings)
         for arm in arms:
-            began = time.perf_counter()
-            if arm == "fused":
-                out = model.generate(**batch, **settings)
-            else:
-                with model.disable_adapter():
-                    out = model.generate(**batch, **settings)
-            seconds[arm] += time.perf_counter() - began
-            new = out[:, width:]
-            tokens[arm] += int((new != tokenizer.pad_token_id).sum())
-            completions[arm] += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return completions, {arm: tokens[arm] / seconds[arm] for arm in seconds}
+            completions[arm] += batch[arm]
+            tokens[arm] += costs[arm][0]
+            seconds[arm] += costs[arm][1]
+    return completions, {arm: tokens[arm] / seconds[arm] for arm in arms}
 
 
 def correct(completions: list[str], rows: list[dict]) -> list[bool]:
@@ -155,12 +145,9 @@ def paired_gain(pilot: list[bool], fused: list[bool], seed: int = 0, resamples: 
     }
 
 
-@torch.no_grad()
-def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> float:
-    """1 − RMSE(f, ℓ) / RMSE(0, ℓ) on completion tokens, teacher-forced: above 0 the Copilot predicts the Pilot's
-    errors better than predicting no correction; near 0 predicts no gain; implausibly high suggests a leak."""
+def _teacher_forced(model, tokenizer, rows: list[dict], batch_size: int):
+    """Fused forward passes over prompt + completion; yields (outputs, next-token targets, completion mask)."""
     tokenizer.padding_side = "right"
-    copilot_sq, zero_sq, count = 0.0, 0.0, 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         texts = [r["prompt"] + r["completion"] + tokenizer.eos_token for r in chunk]
@@ -170,7 +157,15 @@ def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> f
             labels[i, : len(tokenizer(row["prompt"]).input_ids)] = -100
         out = model(**batch, labels=labels)
         targets = shift_targets(labels)
-        valid = targets != -100
+        yield out, targets, targets != -100
+
+
+@torch.no_grad()
+def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> float:
+    """1 − RMSE(f, ℓ) / RMSE(0, ℓ) on completion tokens, teacher-forced: above 0 the Copilot predicts the Pilot's
+    errors better than predicting no correction; near 0 predicts no gain; implausibly high suggests a leak."""
+    copilot_sq, zero_sq, count = 0.0, 0.0, 0
+    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
         probs = torch.softmax(out.pilot_logits.float(), -1)[valid]
         with_copilot = error_distance(out.copilot_logits[valid], targets[valid], probs=probs)
         without = error_distance(torch.zeros_like(probs), targets[valid], probs=probs)
@@ -180,12 +175,35 @@ def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> f
     return 1.0 - math.sqrt(copilot_sq / count) / math.sqrt(zero_sq / count)
 
 
-def plain_sft(settings: DemoSettings, train: Dataset, output_dir: Path, max_steps: int, **overrides):
-    """A fresh LoRA Pilot fine-tuned with plain TRL SFT (no Copilot) on the same data and batch; returns the model,
-    its tokenizer and the per-step timer."""
+@torch.no_grad()
+def pilot_calibration(model, tokenizer, rows: list[dict], batch_size: int = 32, bins: int = 10) -> dict[str, float]:
+    """The Pilot's teacher-forced token accuracy and expected calibration error (top-1 confidence vs accuracy, in
+    equal-width bins) on completion tokens. A calibrated Pilot's errors ℓ have conditional mean ≈ 0 given what it
+    saw, which is all a Copilot trained by regression on ℓ can learn to predict."""
+    confidences, hits = [], []
+    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
+        probs = torch.softmax(out.pilot_logits.float(), -1)[valid]
+        confidence, prediction = probs.max(-1)
+        confidences.append(confidence)
+        hits.append((prediction == targets[valid]).float())
+    confidence, hit = torch.cat(confidences), torch.cat(hits)
+    which = (confidence * bins).long().clamp_max(bins - 1)
+    gap = sum(
+        (confidence[which == b].sum() - hit[which == b].sum()).abs().item() for b in range(bins) if (which == b).any()
+    )
+    return {"token_accuracy": hit.mean().item(), "expected_calibration_error": gap / len(hit)}
+
+
+def plain_sft(settings: DemoSettings, train: Dataset, output_dir: Path, max_steps: int, model=None, **overrides):
+    """Plain TRL SFT (no Copilot) on the same data and batch: of a fresh LoRA Pilot, or of `model` (a control built
+    by the benchmarks) with the Pilot's tokenizer; returns the model, its tokenizer and the per-step timer."""
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = load_pilot_with_lora(settings)
+    if model is None:
+        model, tokenizer = load_pilot_with_lora(settings)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     timer = StepTimer()
     options = dict(
         output_dir=str(output_dir),

@@ -17,8 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
+from ..generation import generate_arms
 from .benchmarks import BenchmarkSpec, Example, LoadedBenchmark
 from .extraction import answers_match, extract_answer
 
@@ -71,16 +70,8 @@ def generate_pilot_and_fused(
     Returns:
         `(pilot_completions, fused_completions)`, the new text only, special tokens removed.
     """
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    # Only what a causal LM's generate() accepts (some tokenizers add token_type_ids).
-    inputs = {name: encoded[name].to(model.device) for name in ("input_ids", "attention_mask")}
-    with torch.inference_mode():
-        fused = model.generate(**inputs, **generate_kwargs)
-        with model.disable_adapter():
-            pilot = model.generate(**inputs, **generate_kwargs)
-    width = inputs["input_ids"].shape[1]
-    decode = lambda ids: tokenizer.batch_decode(ids[:, width:], skip_special_tokens=True)  # noqa: E731
-    return decode(pilot), decode(fused)
+    completions, _ = generate_arms(model, tokenizer, prompts, ("fused", "pilot"), **generate_kwargs)
+    return completions["pilot"], completions["fused"]
 
 
 def _jsonable(prediction: float | str | None) -> float | str | None:
