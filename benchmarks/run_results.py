@@ -21,6 +21,7 @@ the same data and steps:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -51,6 +52,7 @@ from tcopilot_peft.demo.pipeline import (
     plain_sft,
 )
 from tcopilot_peft.demo.tasks import task_splits
+from tcopilot_peft.trainer.config import COPILOT_LOSSES
 from tcopilot_peft.tuner import CopilotConfig
 
 
@@ -171,7 +173,10 @@ def control_arms(model, tokenizer, settings, train, validation, test, workdir: P
     return results
 
 
-def run_task(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir: Path, arms: set[str]) -> dict:
+def run_task(
+    pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir: Path, arms: set[str], **trainer_overrides
+) -> dict:
+    """All arms for one Pilot and task over `seeds`; `trainer_overrides` change the joint training (ablations)."""
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     validation, test = splits["validation"].to_list(), splits["test"].to_list()
     runs = {}
@@ -180,7 +185,9 @@ def run_task(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir:
         settings = DemoSettings(model=str(pilot_dir), task=task, seed=seed, epochs=sizes["epochs"])
         pilot, tokenizer = load_pilot_with_lora(settings)
         model = get_peft_model(pilot, CopilotConfig())
-        trainer, timer = fine_tune(model, tokenizer, splits["train"], settings, workdir / f"{task}-{seed}")
+        trainer, timer = fine_tune(
+            model, tokenizer, splits["train"], settings, workdir / f"{task}-{seed}", **trainer_overrides
+        )
         model.eval()
         joint_seconds = sum(timer.times)
         adapter_dir = workdir / f"{task}-{seed}-copilot"
@@ -245,19 +252,20 @@ def run_task(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir:
                 )
             )
 
-        log(f"{task} seed {seed}: compute-matched plain SFT (d), {joint_seconds:.0f} s budget")
-        matched, matched_tokenizer, matched_steps, plain_step = compute_matched_sft(
-            settings, splits["train"], joint_seconds, workdir / f"{task}-{seed}-d"
-        )
-        completions, _ = generate_both(
-            matched, matched_tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("fused",)
-        )
-        # The "fused" arm is a plain generate() here: this model has no Copilot, and the "pilot" arm's
-        # disable_adapter() would switch off its LoRA, i.e. score the Pilot before fine-tuning.
-        run["compute_matched"] = correct(completions["fused"], test)
-        run["compute_matched_steps"] = matched_steps
-        run["step_ratio"] = statistics.median(timer.times[2:]) / plain_step
-        del matched
+        if "compute" in arms:
+            log(f"{task} seed {seed}: compute-matched plain SFT (d), {joint_seconds:.0f} s budget")
+            matched, matched_tokenizer, matched_steps, plain_step = compute_matched_sft(
+                settings, splits["train"], joint_seconds, workdir / f"{task}-{seed}-d"
+            )
+            completions, _ = generate_both(
+                matched, matched_tokenizer, [r["prompt"] for r in test], settings.max_new_tokens, arms=("fused",)
+            )
+            # The "fused" arm is a plain generate() here: this model has no Copilot, and the "pilot" arm's
+            # disable_adapter() would switch off its LoRA, i.e. score the Pilot before fine-tuning.
+            run["compute_matched"] = correct(completions["fused"], test)
+            run["compute_matched_steps"] = matched_steps
+            run["step_ratio"] = statistics.median(timer.times[2:]) / plain_step
+            del matched
 
         if "phase" in arms:
             log(f"{task} seed {seed}: Copilot-only phase on the final Pilot (c)")
@@ -344,28 +352,25 @@ def skill_against_pilot_progress(pilot_dir: Path, task: str, sizes: dict, workdi
             )
         else:
             pilot, tokenizer = load_pilot_with_lora(settings)
-        torch.manual_seed(0)
-        model = get_peft_model(pilot, CopilotConfig())
-        fine_tune(
-            model,
-            tokenizer,
-            train,
-            settings,
-            workdir / f"progress-{steps}-copilot",
-            train_pilot="none",
-            max_steps=copilot_steps,
-        )
-        model.eval()
-        rows.append(
-            {
-                "pilot_steps": steps,
-                "pilot_total_steps": total,
-                "copilot_steps": copilot_steps,
-                "skill_test": copilot_skill(model, tokenizer, test),
-                "skill_train": copilot_skill(model, tokenizer, train.select(range(200)).to_list()),
-                **{f"pilot_{k}": v for k, v in pilot_calibration(model, tokenizer, test).items()},
-            }
-        )
+        row = {"pilot_steps": steps, "pilot_total_steps": total, "copilot_steps": copilot_steps}
+        for loss in COPILOT_LOSSES:
+            torch.manual_seed(0)
+            model = get_peft_model(copy.deepcopy(pilot), CopilotConfig())
+            fine_tune(
+                model,
+                tokenizer,
+                train,
+                settings,
+                workdir / f"progress-{steps}-{loss}",
+                train_pilot="none",
+                max_steps=copilot_steps,
+                copilot_loss=loss,
+            )
+            model.eval()
+            row[f"skill_test_{loss}"] = copilot_skill(model, tokenizer, test)
+            row[f"skill_train_{loss}"] = copilot_skill(model, tokenizer, train.select(range(200)).to_list())
+        row.update({f"pilot_{k}": v for k, v in pilot_calibration(model, tokenizer, test).items()})
+        rows.append(row)
     return rows
 
 
@@ -373,18 +378,24 @@ def progress_table(task: str, rows: list) -> list[str]:
     lines = [
         f"### Why: the Copilot's skill against how far the Pilot is fine-tuned (base Pilot, `{task}`, seed 0)",
         "",
-        f"A fresh Copilot trained alone for {rows[0]['copilot_steps']} steps (default settings) on the frozen Pilot, "
-        "taken at several points of a plain LoRA fine-tuning of the same data. Teacher-forced, on completion tokens.",
+        f"A fresh Copilot trained alone for {rows[0]['copilot_steps']} steps on the frozen Pilot, taken at several "
+        "points of a plain LoRA fine-tuning on the same data, with the paper's per-token L2 loss (`rmse`, the "
+        "default) and with the squared loss (`mse`). Teacher-forced, on completion tokens; skill on held-out "
+        "(training) prompts.",
         "",
         "| Pilot fine-tuning steps | Pilot token accuracy (%) | Pilot calibration error (points) "
-        "| Copilot skill, held-out (%) | Copilot skill, training prompts (%) |",
+        "| Copilot skill, loss `rmse` (%) | Copilot skill, loss `mse` (%) |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['pilot_steps']} of {row['pilot_total_steps']} | {100 * row['pilot_token_accuracy']:.1f} | "
-            f"{100 * row['pilot_expected_calibration_error']:.1f} | {100 * row['skill_test']:+.1f} | "
-            f"{100 * row['skill_train']:+.1f} |"
+            f"{100 * row['pilot_expected_calibration_error']:.1f} | "
+            + " | ".join(
+                f"{100 * row[f'skill_test_{loss}']:+.1f} ({100 * row[f'skill_train_{loss}']:+.1f})"
+                for loss in COPILOT_LOSSES
+            )
+            + " |"
         )
     lines.append("")
     return lines
@@ -477,14 +488,19 @@ def task_table(title: str, runs: dict, seeds: list[str]) -> list[str]:
     lines.append(
         "Joint training: "
         + ", ".join(f"seed {s}: {runs[s]['joint_steps']} steps in {runs[s]['joint_seconds']:.0f} s" for s in seeds)
-        + f"; compute-matched Pilot steps: {', '.join(str(runs[s]['compute_matched_steps']) for s in seeds)}."
+        + (
+            f"; compute-matched Pilot steps: {', '.join(str(runs[s]['compute_matched_steps']) for s in seeds)}"
+            if all("compute_matched_steps" in runs[s] for s in seeds)
+            else ""
+        )
+        + "."
     )
     lines.append("")
     return lines
 
 
 PILOTS = {"base": PILOT_DIR, "small": HERE / "pilots" / "small"}
-ALL_ARMS = ("ensemble", "phase", "current", "transfer")
+ALL_ARMS = ("compute", "ensemble", "phase", "current", "transfer")
 
 
 def main() -> None:
@@ -496,16 +512,22 @@ def main() -> None:
     parser.add_argument(
         "--base-pilot-arms",
         nargs="*",
-        default=["ensemble", "phase", "transfer"],
+        default=["compute", "ensemble", "phase", "transfer"],
         choices=ALL_ARMS,
-        help="Optional arms run on the base Pilot; (a), (b), (b′), (d) always run.",
+        help="Optional arms run on the base Pilot ('compute' is (d)); (a), (b), (b′) always run.",
     )
     parser.add_argument(
         "--small-pilot-arms",
         nargs="*",
-        default=[],
+        default=["compute"],
         choices=ALL_ARMS,
         help="Optional arms also run on the small Pilot.",
+    )
+    parser.add_argument(
+        "--mse-ablation-tasks",
+        nargs="*",
+        default=["count_then_max"],
+        help="Tasks on which the base Pilot's arms (a), (b), (b′) are rerun with copilot_loss='mse'.",
     )
     parser.add_argument("--resume", action="store_true", help="Keep the finished blocks of an interrupted run.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results"))
@@ -535,17 +557,28 @@ def main() -> None:
             runs = run_task(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms)
             results[f"{name}/{task}"] = {str(k): v for k, v in runs.items()}
             partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+    for task in args.mse_ablation_tasks:
+        key = f"base/{task}/copilot_loss=mse"
+        if key in results:
+            log(f"{key}: kept from {partial}")
+            continue
+        runs = run_task(PILOTS["base"], task, args.seeds, sizes, args.workdir / "mse", set(), copilot_loss="mse")
+        results[key] = {str(k): v for k, v in runs.items()}
+        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
     if "progress" not in results:
         results["progress"] = skill_against_pilot_progress(
-            PILOTS[args.pilots[0]], args.tasks[-1], sizes, args.workdir / "progress", 25 if args.quick else 150
+            PILOTS[args.pilots[0]], args.tasks[-1], sizes, args.workdir / "progress", 25 if args.quick else 100
         )
+        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
     progress = results["progress"]
     wall = previous_seconds + time.perf_counter() - began
     (args.output.with_suffix(".json")).write_text(json.dumps(results, indent=1, default=str))
     lines = ["# Results: does the Copilot help, when, and at what cost?", ""]
     lines += [
-        f"Generated by `python benchmarks/run_results.py{' --quick' if args.quick else ''}` "
-        f"in {wall / 60:.0f} minutes "
+        f"Generated by `{' '.join(['python benchmarks/run_results.py', *sys.argv[1:]])}` "
+        f"in {wall / 60:.0f} minutes of compute"
+        + (" (an interrupted run, resumed: its finished blocks were kept)" if args.resume else "")
+        + " "
         f"on {platform.machine()} ({torch.get_num_threads()} threads), torch {torch.__version__}, transformers "
         f"{transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}, tcopilot_peft "
         f"{tcopilot_peft.__version__}. Per-item results are in `{args.output.with_suffix('.json').name}`.",
@@ -562,8 +595,9 @@ def main() -> None:
     ]
     for key, runs in results.items():
         if "/" in key:
-            name, task = key.split("/")
-            lines += task_table(f"{name} Pilot, task `{task}`", runs, [str(s) for s in args.seeds])
+            name, task, *ablation = key.split("/")
+            title = f"{name} Pilot, task `{task}`" + (f", ablation `{ablation[0]}`" if ablation else "")
+            lines += task_table(title, runs, [str(s) for s in args.seeds])
     lines += progress_table(args.tasks[-1], progress)
     lines += ["### Cost", "", "| measure | " + " | ".join(f"{name} Pilot" for name in args.pilots) + " |"]
     lines.append("|---|" + "---|" * len(args.pilots))
@@ -572,7 +606,12 @@ def main() -> None:
         cells = []
         for name in args.pilots:
             costs = results[f"{name}/{args.tasks[0]}"]["costs"]
-            runs = [results[f"{name}/{t}"][str(s)] for t in args.tasks for s in args.seeds]
+            runs = [
+                results[f"{name}/{t}"][str(s)]
+                for t in args.tasks
+                for s in args.seeds
+                if "step_ratio" in results[f"{name}/{t}"][str(s)]
+            ]
             cells.append(value(costs, runs))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
