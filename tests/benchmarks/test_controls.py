@@ -1,4 +1,4 @@
-"""The benchmark's controls (e) and (f) must start from what they claim to be, or RESULTS.md compares the wrong things."""
+"""The benchmark's controls (e) and (f) must start from what they claim to be, or RESULTS.md compares wrong things."""
 
 from __future__ import annotations
 
