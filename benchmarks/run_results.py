@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -548,28 +549,32 @@ def main() -> None:
     results = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     results.pop("wall_seconds_so_far", None)
     previous_seconds = results.pop("seconds", 0.0)
+
+    def block(key: str, compute) -> None:
+        """Compute one block of results unless a resumed run already has it; save it as soon as it exists."""
+        if key in results:
+            log(f"{key}: kept from {partial}")
+            return
+        results[key] = compute()
+        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+
+    def task_block(name: str, task: str, arms: set[str], **overrides):
+        workdir = args.workdir / (name if not overrides else "-".join(f"{k}={v}" for k, v in overrides.items()))
+        runs = run_task(PILOTS[name], task, args.seeds, sizes, workdir, arms, **overrides)
+        return {str(k): v for k, v in runs.items()}
+
     for name in args.pilots:
         arms = set(args.base_pilot_arms) if name == "base" else set(args.small_pilot_arms)
         for task in args.tasks:
-            if f"{name}/{task}" in results:
-                log(f"{name}/{task}: kept from {partial}")
-                continue
-            runs = run_task(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms)
-            results[f"{name}/{task}"] = {str(k): v for k, v in runs.items()}
-            partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+            block(f"{name}/{task}", functools.partial(task_block, name, task, arms))
     for task in args.mse_ablation_tasks:
-        key = f"base/{task}/copilot_loss=mse"
-        if key in results:
-            log(f"{key}: kept from {partial}")
-            continue
-        runs = run_task(PILOTS["base"], task, args.seeds, sizes, args.workdir / "mse", set(), copilot_loss="mse")
-        results[key] = {str(k): v for k, v in runs.items()}
-        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
-    if "progress" not in results:
-        results["progress"] = skill_against_pilot_progress(
+        block(f"base/{task}/copilot_loss=mse", functools.partial(task_block, "base", task, set(), copilot_loss="mse"))
+    block(
+        "progress",
+        lambda: skill_against_pilot_progress(
             PILOTS[args.pilots[0]], args.tasks[-1], sizes, args.workdir / "progress", 25 if args.quick else 100
-        )
-        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+        ),
+    )
     progress = results["progress"]
     wall = previous_seconds + time.perf_counter() - began
     (args.output.with_suffix(".json")).write_text(json.dumps(results, indent=1, default=str))
