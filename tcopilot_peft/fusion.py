@@ -45,19 +45,37 @@ def fuse_logits(
     if mode == "logit":
         fused = torch.add(z, f, alpha=fusion_lambda)
     elif mode == "prob":
-        # Non-finite logits take no probability mass, so one bad entry cannot turn the whole row into NaN.
-        probs = torch.softmax(z if all_finite else z.masked_fill(~finite, float("-inf")), dim=-1)
-        if not all_finite:
-            probs = probs.nan_to_num_(0.0)
-        fused = probs.add_(f, alpha=fusion_lambda).clamp_min_(prob_floor)
-        if not all_finite:
-            fused = fused.masked_fill_(~finite, 0.0)
-        fused = fused.div_(fused.sum(dim=-1, keepdim=True).clamp_min_(prob_floor)).log_()
+        fused = _fuse_probabilities(z, f, fusion_lambda, prob_floor, None if all_finite else finite)
     else:
         raise ValueError(f"fusion_mode must be 'logit' or 'prob', got {mode!r}.")
     if not all_finite:
         fused = torch.where(finite, fused, z)
     return fused.to(pilot_logits.dtype)
+
+
+def _fuse_probabilities(
+    z: torch.Tensor, f: torch.Tensor, fusion_lambda: float, prob_floor: float, finite: torch.Tensor | None
+) -> torch.Tensor:
+    """log(renormalise(clamp(softmax(z) + λf, floor))); `finite` masks non-finite logits (None when all are finite).
+
+    Without autograd the |V|-sized rows are updated in place (generation's fast path). Under autograd every step is
+    out of place: softmax's backward reads its own output, which the in-place steps would overwrite.
+    """
+    # Non-finite logits take no probability mass, so one bad entry cannot turn the whole row into NaN.
+    probs = torch.softmax(z if finite is None else z.masked_fill(~finite, float("-inf")), dim=-1)
+    if torch.is_grad_enabled() and (z.requires_grad or f.requires_grad):
+        if finite is not None:
+            probs = probs.nan_to_num(0.0)
+        fused = torch.add(probs, f, alpha=fusion_lambda).clamp_min(prob_floor)
+        if finite is not None:
+            fused = fused.masked_fill(~finite, 0.0)
+        return (fused / fused.sum(dim=-1, keepdim=True).clamp_min(prob_floor)).log()
+    if finite is not None:
+        probs.nan_to_num_(0.0)
+    fused = probs.add_(f, alpha=fusion_lambda).clamp_min_(prob_floor)
+    if finite is not None:
+        fused.masked_fill_(~finite, 0.0)
+    return fused.div_(fused.sum(dim=-1, keepdim=True).clamp_min_(prob_floor)).log_()
 
 
 def error_embedding(
