@@ -78,6 +78,10 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         super().__init__()
         self.copilot_model = nn.ModuleDict()
 
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """A no-op: there is no base layer to follow (PEFT's version would recurse looking for one). The tuner, which
+        knows the Pilot, places the Copilot instead (`CopilotModel._move_adapter_to_device_of_base_layer`)."""
+
 
 class CopilotModel(BaseTuner):
     """PEFT tuner for Transformer Copilot; created by `get_peft_model(pilot, CopilotConfig(...))`.
@@ -136,7 +140,10 @@ class CopilotModel(BaseTuner):
             # When loading a saved adapter the weights are overwritten right after, so copying is skipped.
             _initialise_from_source(network, model, config, source)
         embedding = model.get_input_embeddings().weight
-        network.to(device=embedding.device)
+        # Under PEFT's `low_cpu_mem_usage` the network is built on `meta`: loading then assigns the saved tensors as
+        # its weights, and `_move_adapter_to_device_of_base_layer` puts them beside the Pilot.
+        if not any(p.is_meta for p in network.parameters()):
+            network.to(device=embedding.device)
         if not autocast_adapter_dtype:
             network.to(dtype=embedding.dtype)
         self.copilot_model[adapter_name] = network
@@ -199,6 +206,13 @@ class CopilotModel(BaseTuner):
         del self.peft_config[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = next(iter(self.copilot_model), None)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Called by PEFT after a `low_cpu_mem_usage` load assigned the saved tensors (on the loading device) as the
+        Copilot's weights: the Copilot must sit beside the Pilot."""
+        if adapter_name in self.copilot_model:
+            target = device if device is not None else self.model.get_input_embeddings().weight.device
+            self.copilot_model[adapter_name].to(device=target)
 
     def merge_and_unload(self, *args, **kwargs):
         raise ValueError("A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back.")
