@@ -524,7 +524,8 @@ class CopilotModel(BaseTuner):
         offset = slots[0] if slots is not None else 0
 
         if feed_pilot_error:
-            pending = -(torch.softmax(pilot_logits.float(), dim=-1) @ self._embedding_weight().float())
+            # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
+            pending = -(torch.softmax(pilot_logits.detach().float(), dim=-1) @ self._embedding_weight().float())
             inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
             u = network(inputs, memory_x, memory_h, key_valid, cache, offset)
         else:
