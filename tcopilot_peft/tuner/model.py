@@ -200,12 +200,14 @@ class CopilotModel(BaseTuner):
         self.copilot_layer.set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """Delete a Copilot adapter. If it was active, the first remaining one (by name) becomes active, as in PEFT;
+        once the last one is gone no adapter is active (`active_adapters == []`) and the model runs the Pilot alone."""
         if adapter_name not in self.copilot_model:
             raise ValueError(f"Unknown Copilot adapter {adapter_name!r}.")
-        del self.copilot_model[adapter_name]
         del self.peft_config[adapter_name]
-        if self.active_adapter == adapter_name:
-            self.active_adapter = next(iter(self.copilot_model), None)
+        self.copilot_layer.delete_adapter(adapter_name)
+        remaining = self.copilot_layer.active_adapters
+        self.active_adapter = remaining[0] if remaining else []
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         """Called by PEFT after a `low_cpu_mem_usage` load assigned the saved tensors (on the loading device) as the
