@@ -44,6 +44,8 @@ from .network import CopilotNetwork, CopilotNetworkConfig
 
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+# The Copilot is a separate network reading the Pilot's states and errors; there is no weight delta to fold in.
+_CANNOT_MERGE = "A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back."
 # transformers renamed `past_key_values` to `cache` (5.2x); read and write whichever this version uses.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
@@ -216,10 +218,18 @@ class CopilotModel(BaseTuner):
             target = device if device is not None else self.model.get_input_embeddings().weight.device
             self.copilot_model[adapter_name].to(device=target)
 
+    def merge_adapter(self, *args, **kwargs) -> None:
+        """Refused, like `merge_and_unload`: there is nothing to merge, and doing nothing silently would mislead."""
+        raise ValueError(_CANNOT_MERGE)
+
     def merge_and_unload(self, *args, **kwargs):
-        raise ValueError("A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back.")
+        raise ValueError(_CANNOT_MERGE)
 
     def unload(self) -> nn.Module:
+        """The Pilot with no trace of the Copilot (as PEFT's `unload`): the tuner's `peft_config` is taken off it.
+        A LoRA-tuned Pilot comes back with its LoRA layers in place."""
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
         return self.model
 
     # ------------------------------------------------------------------ small helpers
