@@ -25,6 +25,7 @@ generate's beam reordering, batch expansion and cropping apply to both for free.
 from __future__ import annotations
 
 import functools
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,11 @@ from .network import CopilotNetwork, CopilotNetworkConfig
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # The Copilot is a separate network reading the Pilot's states and errors; there is no weight delta to fold in.
 _CANNOT_MERGE = "A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back."
+_PILOT_LOSS_WARNING = (
+    "The `loss` of a Copilot model given `labels` is the Pilot's own cross-entropy: no gradient from it reaches the "
+    "Copilot, so training on it leaves the Copilot unchanged. Train the Copilot with `CopilotSFTTrainer`, or "
+    "backpropagate `outputs.copilot_loss` in a custom loop."
+)
 # transformers renamed `past_key_values` to `cache` (5.2x); read and write whichever this version uses.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
@@ -55,7 +61,7 @@ class CopilotCausalLMOutput(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` whose `logits` are fused, plus what training needs.
 
     Args:
-        loss: the Pilot's own cross-entropy (when `labels` were given).
+        loss: the Pilot's own cross-entropy (when `labels` were given); no gradient from it reaches the Copilot.
         logits: fused logits.
         pilot_logits: the Pilot's logits.
         copilot_logits: the Copilot's correction f.
@@ -109,6 +115,7 @@ class CopilotModel(BaseTuner):
         self.copilot_layer = CopilotLayer()
         self._generation_prompt_length: int | None = None
         self._gram_cache: tuple[tuple, torch.Tensor] | None = None
+        self._warned_pilot_loss = False
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
         return peft_config
@@ -355,7 +362,12 @@ class CopilotModel(BaseTuner):
         copilot_components: bool = True,
         **kwargs: Any,
     ):
-        """Fused forward. Arguments are the Pilot's, plus:
+        """Fused forward. Arguments are the Pilot's, plus the ones below.
+
+        With `labels`, `loss` is the Pilot's own cross-entropy (on the Pilot's logits, not the fused ones), so a plain
+        training loop on it can train the Pilot but never the Copilot; a warning says so once when this happens in
+        training mode. The Copilot trains with `CopilotSFTTrainer` (Mistake Log, own optimiser), or in a custom loop
+        on `copilot_loss`, its regression loss against the Pilot's errors.
 
         Args:
             copilot_prompt_length (`int` or `torch.LongTensor`, *optional*):
@@ -437,6 +449,7 @@ class CopilotModel(BaseTuner):
                 raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
             targets = shift_targets(labels)
             if teacher_forcing:
+                self._warn_once_pilot_loss()
                 pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
                 loss = self.model.loss_function(
                     logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw
@@ -490,6 +503,12 @@ class CopilotModel(BaseTuner):
             copilot_memory_x=memory_x if labels is not None else None,
             copilot_memory_h=memory_h if labels is not None else None,
         )
+
+    def _warn_once_pilot_loss(self) -> None:
+        # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
+        if self.training and not self._warned_pilot_loss:
+            self._warned_pilot_loss = True
+            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=2)
 
     def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,

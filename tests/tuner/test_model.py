@@ -112,7 +112,8 @@ def test_labelled_forward_exposes_training_signals_without_gradient_into_the_pil
     ids = prompts(batch=2, length=9)
     labels = ids.clone()
     labels[:, :4] = -100
-    out = model(input_ids=ids, labels=labels)
+    with pytest.warns(UserWarning, match="Pilot's own cross-entropy"):  # training on `loss` would skip the Copilot
+        out = model(input_ids=ids, labels=labels)
     assert out.pilot_logits.shape == out.copilot_logits.shape == out.logits.shape
     assert out.copilot_memory_x.shape == out.copilot_memory_h.shape == (2, 9, 32)
     expected_pilot_loss = tiny_pilot()(input_ids=ids, labels=labels).loss
