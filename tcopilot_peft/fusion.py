@@ -1,19 +1,26 @@
-"""Fusion and error math of Transformer Copilot, as small pure functions.
+"""Fusion, error and loss math of Transformer Copilot, as small pure functions.
 
 Notation: `z` are the Pilot's next-token logits, `p̂ = softmax(z)`, `y` the gold next token, and the Pilot's
-token-level error is ℓ = onehot(y) − p̂ (the paper's Eq. 4). The Copilot predicts `f ≈ ℓ`, and inference fuses
-`f` into the Pilot's prediction (Eq. 8, or its logit-space variant).
+token-level error is ℓ = onehot(y) − p̂ (the paper's Eq. 4). The Copilot outputs a correction `f` over the vocabulary,
+which inference fuses into the Pilot's prediction (logit space z + λf, or the paper's probability space, Eq. 8). What
+`f` learns depends on the loss: by default the log-odds correction that minimises the fused prediction's
+cross-entropy (`"fused_ce"`); with the paper's objective, a regression of ℓ itself (`"rmse"`, Eq. 7).
 
-Nothing here materialises a dense one-hot or a dense ℓ: both the Copilot's input ℓ·E and its loss ||f − ℓ|| are
-rewritten in terms of the gold id and p̂ (dense, or sparse top-k as kept in the Mistake Log).
+Nothing here materialises a dense one-hot or a dense ℓ: the Copilot's input ℓ·E and its losses are rewritten in terms
+of the gold id and p̂ (dense, or sparse top-k as kept in the Mistake Log).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 
 IGNORE_INDEX = -100
+# The Copilot's training objectives: "fused_ce" (the default), and the paper's regression onto ℓ ("rmse", Eq. 7) with
+# its squared variant ("mse").
+COPILOT_LOSSES = ("fused_ce", "rmse", "mse")
 
 
 def fuse_logits(
@@ -78,20 +85,53 @@ def _fuse_probabilities(
     return fused.div_(fused.sum(dim=-1, keepdim=True).clamp_min_(prob_floor)).log_()
 
 
-def error_embedding(
-    embedding_weight: torch.Tensor,
-    target_ids: torch.Tensor,
-    probs: torch.Tensor | None = None,
-    topk_probs: torch.Tensor | None = None,
-    topk_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+@dataclass
+class PilotPrediction:
+    """The Pilot's next-token distribution p̂ at some positions, dense or in the Mistake Log's sparse form.
+
+    Dense: `log_probs` of shape `(..., vocab)`. Sparse: the top-k probabilities and ids `(..., k)` plus the gold
+    token's log-probability `(...,)` (the fused cross-entropy needs it even when the gold token is outside the top-k).
+    Leading dimensions are per position `(B, T, ...)` or packed at the target positions `(N, ...)`.
+    """
+
+    log_probs: torch.Tensor | None = None
+    topk_probs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None
+    gold_log_probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_probs is None and (self.topk_probs is None or self.topk_ids is None):
+            raise ValueError("PilotPrediction needs either dense `log_probs` or `topk_probs` and `topk_ids`.")
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> PilotPrediction:
+        """Dense p̂ from the Pilot's logits, detached: nothing computed from it sends a gradient to the Pilot."""
+        return cls(log_probs=torch.log_softmax(logits.detach().float(), dim=-1))
+
+    @property
+    def is_dense(self) -> bool:
+        return self.log_probs is not None
+
+    def probs(self) -> torch.Tensor:
+        return self.log_probs.exp()
+
+    def at(self, valid: torch.Tensor) -> PilotPrediction:
+        """The prediction at the positions where `valid` is true, packed; an already packed one is returned as is."""
+        fields = {}
+        for name in ("log_probs", "topk_probs", "topk_ids", "gold_log_probs"):
+            value = getattr(self, name)
+            per_position = value is not None and value.shape[: valid.dim()] == valid.shape
+            fields[name] = value[valid] if per_position else value
+        return PilotPrediction(**fields)
+
+
+def error_embedding(embedding_weight: torch.Tensor, target_ids: torch.Tensor, prediction: PilotPrediction):
     """ℓ·E = E[y] − p̂·E, the Pilot's error projected through the (frozen) embedding matrix E, without a dense ℓ.
 
     Args:
         embedding_weight (`torch.Tensor` of shape `(vocab, hidden)`): E.
         target_ids (`torch.LongTensor` of shape `(...)`): gold ids; positions equal to -100 give a zero vector.
-        probs (`torch.Tensor` of shape `(..., vocab)`, *optional*): dense p̂.
-        topk_probs, topk_ids (`torch.Tensor` of shape `(..., k)`, *optional*): sparse p̂ (the Mistake Log's form).
+        prediction (`PilotPrediction`): p̂ at the same positions (the sparse form drops the mass outside the top-k).
 
     Returns:
         `torch.Tensor` of shape `(..., hidden)` in float32.
@@ -99,22 +139,14 @@ def error_embedding(
     weight = embedding_weight.float()
     valid = target_ids != IGNORE_INDEX
     gold = weight[target_ids.clamp_min(0)]
-    if probs is not None:
-        expected = probs.float() @ weight
-    elif topk_probs is not None and topk_ids is not None:
-        expected = (topk_probs.float().unsqueeze(-1) * weight[topk_ids]).sum(dim=-2)
+    if prediction.is_dense:
+        expected = prediction.probs() @ weight
     else:
-        raise ValueError("error_embedding needs either dense `probs` or `topk_probs` and `topk_ids`.")
+        expected = (prediction.topk_probs.float().unsqueeze(-1) * weight[prediction.topk_ids]).sum(dim=-2)
     return (gold - expected) * valid.unsqueeze(-1)
 
 
-def error_distance(
-    correction: torch.Tensor,
-    target_ids: torch.Tensor,
-    probs: torch.Tensor | None = None,
-    topk_probs: torch.Tensor | None = None,
-    topk_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+def error_distance(correction: torch.Tensor, target_ids: torch.Tensor, prediction: PilotPrediction) -> torch.Tensor:
     """Per-token ||f − ℓ||₂ with ℓ = onehot(y) − p̂, expanded so that no dense one-hot or ℓ is built.
 
     ||f − ℓ||² = ||f||² + 2 f·p̂ + ||p̂||² − 2 f_y − 2 p̂_y + 1.
@@ -125,44 +157,74 @@ def error_distance(
     f = correction.float()
     y = target_ids.clamp_min(0).unsqueeze(-1)
     f_y = f.gather(-1, y).squeeze(-1)
-    if probs is not None:
-        p = probs.float()
+    if prediction.is_dense:
+        p = prediction.probs()
         f_dot_p = (f * p).sum(-1)
         p_sq = (p * p).sum(-1)
         p_y = p.gather(-1, y).squeeze(-1)
-    elif topk_probs is not None and topk_ids is not None:
-        v = topk_probs.float()
-        f_dot_p = (f.gather(-1, topk_ids) * v).sum(-1)
-        p_sq = (v * v).sum(-1)
-        p_y = (v * (topk_ids == y)).sum(-1)
     else:
-        raise ValueError("error_distance needs either dense `probs` or `topk_probs` and `topk_ids`.")
+        v, ids = prediction.topk_probs.float(), prediction.topk_ids
+        f_dot_p = (f.gather(-1, ids) * v).sum(-1)
+        p_sq = (v * v).sum(-1)
+        p_y = (v * (ids == y)).sum(-1)
     squared = (f * f).sum(-1) + 2 * f_dot_p + p_sq - 2 * f_y - 2 * p_y + 1
     # Rounding can push an exact-zero distance slightly negative; the epsilon keeps sqrt's gradient finite.
     return torch.sqrt(squared.clamp_min(0) + 1e-12)
 
 
-def copilot_loss(
-    correction: torch.Tensor,
-    target_ids: torch.Tensor,
-    probs: torch.Tensor | None = None,
-    topk_probs: torch.Tensor | None = None,
-    topk_ids: torch.Tensor | None = None,
-    kind: str = "rmse",
-) -> torch.Tensor:
-    """The Copilot's regression loss against ℓ, averaged over valid tokens (`target_ids != -100`).
+def fused_cross_entropy(correction: torch.Tensor, target_ids: torch.Tensor, prediction: PilotPrediction):
+    """Per-token −log softmax(log p̂ + f)_y: the cross-entropy of the logit-fused prediction (λ = 1) on the gold token.
 
-    `kind="rmse"` is the paper's Eq. 7 (the per-token, unsquared L2 norm), averaged over tokens; `kind="mse"` is the
-    per-token squared norm. Returns a scalar (zero, still differentiable, when there is no valid token).
+    Dense p̂ gives it exactly. The Mistake Log's sparse form knows p̂ on the top-k set S and at the gold token y; the
+    remaining mass r = 1 − p̂(S ∪ {y}) is spread evenly over the other tokens, so the normaliser
+    Σ_v p̂_v e^{f_v} is approximated by Σ_{S ∪ {y}} p̂_v e^{f_v} + r · mean_{v ∉ S ∪ {y}} e^{f_v}. It is exact when the
+    top-k holds all the mass and close whenever the tail is small (the trainer reports the gap on its own batches).
+
+    Returns:
+        `torch.Tensor` of shape `target_ids.shape` (float32); meaningless where `target_ids == -100`.
+    """
+    f = correction.float()
+    y = target_ids.clamp_min(0).unsqueeze(-1)
+    if prediction.is_dense:
+        fused = prediction.log_probs + f
+        return torch.logsumexp(fused, dim=-1) - fused.gather(-1, y).squeeze(-1)
+    if prediction.gold_log_probs is None:
+        raise ValueError("The sparse fused cross-entropy needs the gold token's log-probability (`gold_log_probs`).")
+    ids, p_top = prediction.topk_ids, prediction.topk_probs.float()
+    gold_log_p = prediction.gold_log_probs.float()
+    f_y = f.gather(-1, y).squeeze(-1)
+    shift = f.detach().amax(-1, keepdim=True)  # every exponential below is taken relative to the row's largest f
+    exp_f = (f - shift).exp()
+    gold_outside = (ids != y).all(-1)
+    exp_top = exp_f.gather(-1, ids)
+    exp_gold = exp_f.gather(-1, y).squeeze(-1)
+    known = (p_top * exp_top).sum(-1) + torch.where(gold_outside, gold_log_p.exp() * exp_gold, 0.0)
+    tail_mass = (1.0 - p_top.sum(-1) - torch.where(gold_outside, gold_log_p.exp(), 0.0)).clamp_min(0.0)
+    tail_count = f.shape[-1] - ids.shape[-1] - gold_outside.float()
+    tail_sum = exp_f.sum(-1) - exp_top.sum(-1) - torch.where(gold_outside, exp_gold, 0.0)
+    tail = tail_mass * tail_sum.clamp_min(0.0) / tail_count.clamp_min(1.0)
+    return torch.log(known + tail) + shift.squeeze(-1) - gold_log_p - f_y
+
+
+def copilot_loss(
+    correction: torch.Tensor, target_ids: torch.Tensor, prediction: PilotPrediction, kind: str = "fused_ce"
+) -> torch.Tensor:
+    """The Copilot's loss, averaged over valid tokens (`target_ids != -100`).
+
+    `kind="fused_ce"` (the default) is the cross-entropy of the logit-fused prediction softmax(log p̂ + f) on the
+    gold token: the Copilot learns the log-odds correction that the Pilot's own prediction lacks, as gradient boosting
+    with log loss does. `kind="rmse"` is the paper's Eq. 7 (the per-token, unsquared L2 norm ||f − ℓ||), averaged
+    over tokens; `kind="mse"` is the per-token squared norm. Returns a scalar (zero, still differentiable, when there
+    is no valid token).
     """
     valid = target_ids != IGNORE_INDEX
-    distance = error_distance(correction, target_ids, probs, topk_probs, topk_ids)
-    if kind == "rmse":
-        per_token = distance
-    elif kind == "mse":
-        per_token = distance.square()
+    if kind == "fused_ce":
+        per_token = fused_cross_entropy(correction, target_ids, prediction)
+    elif kind in ("rmse", "mse"):
+        distance = error_distance(correction, target_ids, prediction)
+        per_token = distance if kind == "rmse" else distance.square()
     else:
-        raise ValueError(f"Copilot loss kind must be 'rmse' or 'mse', got {kind!r}.")
+        raise ValueError(f"Copilot loss kind must be one of {COPILOT_LOSSES}, got {kind!r}.")
     count = valid.sum()
     return (per_token * valid).sum() / count.clamp_min(1)
 

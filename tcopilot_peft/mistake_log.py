@@ -5,8 +5,10 @@ before the Pilot's update):
 
 * the input ids, from which X̃ = E[x] is rebuilt (exact for a frozen embedding: LoRA or quantized Pilots);
 * the layer-pooled Pilot hidden states, in 16-bit;
-* the next-token targets, and at target positions only the top-k of p̂ (16-bit probabilities, int32 ids), from which
-  ℓ = onehot(y) − p̂ is rebuilt (the mass outside the top-k is dropped).
+* the next-token targets, and at target positions only the top-k of p̂ (16-bit probabilities, int32 ids) and the
+  gold token's log-probability (float32), from which ℓ = onehot(y) − p̂ is rebuilt (the mass outside the top-k is
+  dropped) and the fused cross-entropy is evaluated (the tail outside the top-k and the gold token spread evenly; see
+  `fusion.fused_cross_entropy`).
 
 A dense |V|-sized ℓ is never stored. The buffer is bounded by rounds (default 128, as in the paper) and by bytes;
 the oldest rounds go first. Everything lives on the CPU, detached.
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .fusion import IGNORE_INDEX, PilotPrediction
+
 
 SAMPLING_POLICIES = ("current", "uniform", "newest")
-IGNORE_INDEX = -100
+ROW_FIELDS = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids", "gold_log_probs")
 
 
 @dataclass
@@ -36,13 +40,14 @@ class MistakeLogRow:
     hidden: torch.Tensor  # (T, d) 16-bit, the layer-pooled Pilot states
     topk_probs: torch.Tensor  # (n_valid, k) float16, at target positions only
     topk_ids: torch.Tensor  # (n_valid, k) int32
+    gold_log_probs: torch.Tensor  # (n_valid,) float32, log p̂ of the gold token
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.input_ids, self.targets, self.hidden, self.topk_probs, self.topk_ids)
+        return tuple(getattr(self, name) for name in ROW_FIELDS)
 
 
 @dataclass
@@ -55,9 +60,14 @@ class MistakeLogBatch:
     hidden: torch.Tensor  # (B, T, d)
     topk_probs: torch.Tensor  # (B, T, k) float32, zero where there is no target
     topk_ids: torch.Tensor  # (B, T, k) long
+    gold_log_probs: torch.Tensor  # (B, T) float32, zero where there is no target
 
     def to(self, device: torch.device | str) -> MistakeLogBatch:
         return MistakeLogBatch(*(t.to(device) for t in self.__dict__.values()))
+
+    def prediction(self) -> PilotPrediction:
+        """The logged p̂, per position, in its sparse form."""
+        return PilotPrediction(topk_probs=self.topk_probs, topk_ids=self.topk_ids, gold_log_probs=self.gold_log_probs)
 
 
 class MistakeLog:
@@ -132,15 +142,17 @@ class MistakeLog:
             row_hidden = hidden[b][keep]
             if not (torch.isfinite(row_hidden).all() and torch.isfinite(logits).all()):
                 continue  # nothing non-finite enters the buffer
-            probs = torch.softmax(logits.float(), dim=-1)
-            top_probs, top_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            top_log_probs, top_ids = log_probs.topk(min(self.top_k, log_probs.shape[-1]), dim=-1)
+            gold = row_targets[row_targets != IGNORE_INDEX].long()
             rows.append(
                 MistakeLogRow(
                     input_ids=input_ids[b][keep].to("cpu", torch.int32),
                     targets=row_targets.to("cpu", torch.int32),
                     hidden=row_hidden.to("cpu", self.hidden_dtype),
-                    topk_probs=top_probs.to("cpu", torch.float16),
+                    topk_probs=top_log_probs.exp().to("cpu", torch.float16),
                     topk_ids=top_ids.to("cpu", torch.int32),
+                    gold_log_probs=log_probs.gather(-1, gold.unsqueeze(-1)).squeeze(-1).to("cpu"),
                 )
             )
         round_bytes = sum(row.nbytes for row in rows)
@@ -200,6 +212,7 @@ class MistakeLog:
             hidden=torch.zeros(batch, length, width, dtype=torch.float32),
             topk_probs=torch.zeros(batch, length, k, dtype=torch.float32),
             topk_ids=torch.zeros(batch, length, k, dtype=torch.long),
+            gold_log_probs=torch.zeros(batch, length, dtype=torch.float32),
         )
         for b, row in enumerate(rows):
             n = len(row.input_ids)
@@ -210,6 +223,7 @@ class MistakeLog:
             valid = torch.nonzero(row.targets != IGNORE_INDEX).squeeze(-1)
             out.topk_probs[b, valid] = row.topk_probs.float()
             out.topk_ids[b, valid] = row.topk_ids.long()
+            out.gold_log_probs[b, valid] = row.gold_log_probs.float()
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -221,7 +235,7 @@ class MistakeLog:
         for r, rows in enumerate(self.rounds):
             round_sizes.append(len(rows))
             for i, row in enumerate(rows):
-                for name, tensor in zip(("input_ids", "targets", "hidden", "topk_probs", "topk_ids"), row.tensors()):
+                for name, tensor in zip(ROW_FIELDS, row.tensors()):
                     tensors[f"round{r}.row{i}.{name}"] = tensor.contiguous()
         tensors["generator_state"] = self.generator.get_state()
         meta = {
@@ -240,9 +254,14 @@ class MistakeLog:
         self.generator.set_state(tensors["generator_state"])
         self.rounds = deque()
         for r, size in enumerate(meta["round_sizes"]):
-            names = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids")
+            missing = [name for name in ROW_FIELDS if size and f"round{r}.row0.{name}" not in tensors]
+            if missing:
+                raise ValueError(
+                    f"The saved Mistake Log lacks {missing} (it was written by an older version or is truncated); "
+                    "resume without it or start the run again."
+                )
             self.rounds.append(
-                [MistakeLogRow(*(tensors[f"round{r}.row{i}.{name}"] for name in names)) for i in range(size)]
+                [MistakeLogRow(*(tensors[f"round{r}.row{i}.{name}"] for name in ROW_FIELDS)) for i in range(size)]
             )
         self.total_bytes = sum(row.nbytes for rows in self.rounds for row in rows)
         self.total_tokens = sum(len(row.input_ids) for rows in self.rounds for row in rows)

@@ -3,11 +3,30 @@ import math
 import pytest
 import torch
 
-from tcopilot_peft.fusion import copilot_loss, error_distance, error_embedding, fuse_logits, shift_targets
+from tcopilot_peft.fusion import (
+    PilotPrediction,
+    copilot_loss,
+    error_distance,
+    error_embedding,
+    fuse_logits,
+    fused_cross_entropy,
+    shift_targets,
+)
 
 
 def dense_error(probs, targets):
     return torch.nn.functional.one_hot(targets.clamp_min(0), probs.shape[-1]).float() - probs
+
+
+def dense(probs):
+    return PilotPrediction(log_probs=probs.log())
+
+
+def sparse(probs, targets, k):
+    """The Mistake Log's form of p̂: top-k probabilities and ids, and the gold token's log-probability."""
+    top_probs, top_ids = probs.topk(k, dim=-1)
+    gold = probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1).log()
+    return PilotPrediction(topk_probs=top_probs, topk_ids=top_ids, gold_log_probs=gold)
 
 
 def test_logit_fusion_adds_scaled_correction():
@@ -51,9 +70,9 @@ def test_error_embedding_matches_dense_error_times_embedding():
     probs = torch.randn(2, 4, 13).softmax(-1)
     targets = torch.tensor([[1, 2, -100, 4], [5, -100, 7, 12]])
     expected = dense_error(probs, targets) @ embedding * (targets != -100).unsqueeze(-1)
-    torch.testing.assert_close(error_embedding(embedding, targets, probs=probs), expected)
-    top_probs, top_ids = probs.topk(13, dim=-1)  # k = |V| makes the sparse form exact
-    torch.testing.assert_close(error_embedding(embedding, targets, topk_probs=top_probs, topk_ids=top_ids), expected)
+    torch.testing.assert_close(error_embedding(embedding, targets, dense(probs)), expected)
+    # k = |V| makes the sparse form exact
+    torch.testing.assert_close(error_embedding(embedding, targets, sparse(probs, targets, 13)), expected)
 
 
 def test_error_distance_dense_and_sparse_match_the_definition():
@@ -61,22 +80,75 @@ def test_error_distance_dense_and_sparse_match_the_definition():
     targets = torch.randint(0, 17, (3, 6))
     correction = torch.randn(3, 6, 17)
     expected = (correction - dense_error(probs, targets)).norm(dim=-1)
-    torch.testing.assert_close(error_distance(correction, targets, probs=probs), expected, atol=1e-4, rtol=1e-4)
-    top_probs, top_ids = probs.topk(17, dim=-1)
-    sparse = error_distance(correction, targets, topk_probs=top_probs, topk_ids=top_ids)
-    torch.testing.assert_close(sparse, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(error_distance(correction, targets, dense(probs)), expected, atol=1e-4, rtol=1e-4)
+    from_log = error_distance(correction, targets, sparse(probs, targets, 17))
+    torch.testing.assert_close(from_log, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_copilot_loss_averages_valid_tokens_only():
     probs = torch.randn(1, 3, 5).softmax(-1)
     targets = torch.tensor([[1, -100, 3]])
     correction = torch.zeros(1, 3, 5, requires_grad=True)
-    loss = copilot_loss(correction, targets, probs=probs)
+    loss = copilot_loss(correction, targets, dense(probs), kind="rmse")
     distances = dense_error(probs, targets).norm(dim=-1)[0]
     torch.testing.assert_close(loss, (distances[0] + distances[2]) / 2)
     loss.backward()
     assert torch.isfinite(correction.grad).all()
-    assert copilot_loss(correction, torch.full((1, 3), -100), probs=probs) == 0
+    assert copilot_loss(correction, torch.full((1, 3), -100), dense(probs), kind="rmse") == 0
+    assert copilot_loss(correction, torch.full((1, 3), -100), dense(probs), kind="fused_ce") == 0
+
+
+def test_fused_cross_entropy_is_the_cross_entropy_of_logit_fusion():
+    logits, correction = torch.randn(2, 4, 19), torch.randn(2, 4, 19)
+    targets = torch.randint(0, 19, (2, 4))
+    expected = torch.nn.functional.cross_entropy(
+        fuse_logits(logits, correction, 1.0, "logit").flatten(0, 1), targets.flatten(), reduction="none"
+    ).view(2, 4)
+    prediction = PilotPrediction.from_logits(logits)
+    torch.testing.assert_close(fused_cross_entropy(correction, targets, prediction), expected)
+    # With no correction it is the Pilot's own cross-entropy: the loss starts where the Pilot is.
+    pilot = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 4)
+    torch.testing.assert_close(fused_cross_entropy(torch.zeros_like(correction), targets, prediction), pilot)
+
+
+def test_sparse_fused_cross_entropy_is_exact_with_the_whole_vocabulary_and_close_with_a_small_tail():
+    vocab = 500
+    logits = 4.0 * torch.randn(64, vocab)  # peaked, as a fine-tuned Pilot's are
+    correction = torch.randn(64, vocab)
+    targets = torch.randint(0, vocab, (64,))
+    targets[:32] = logits[:32].argmax(-1)  # half the gold tokens inside the top-k, half (mostly) outside
+    probs = logits.softmax(-1)
+    exact = fused_cross_entropy(correction, targets, PilotPrediction.from_logits(logits))
+    full = fused_cross_entropy(correction, targets, sparse(probs, targets, vocab))
+    torch.testing.assert_close(full, exact, atol=1e-4, rtol=1e-4)
+    approx = fused_cross_entropy(correction, targets, sparse(probs, targets, 8))
+    assert (approx - exact).abs().mean() / exact.mean() < 0.02
+
+
+def test_sparse_fused_cross_entropy_needs_the_gold_log_probability():
+    probs = torch.randn(3, 11).softmax(-1)
+    top_probs, top_ids = probs.topk(4, dim=-1)
+    with pytest.raises(ValueError, match="gold_log_probs"):
+        fused_cross_entropy(
+            torch.zeros(3, 11), torch.zeros(3, dtype=torch.long), PilotPrediction(None, top_probs, top_ids)
+        )
+
+
+def test_fused_cross_entropy_gradient_moves_probability_to_the_gold_token():
+    logits = torch.randn(5, 13)
+    targets = torch.randint(0, 13, (5,))
+    correction = torch.zeros(5, 13, requires_grad=True)
+    copilot_loss(correction, targets, PilotPrediction.from_logits(logits)).backward()
+    # d CE / d f = (softmax(z + f) − onehot(y)) / N: negative on the gold token, positive elsewhere.
+    expected = (logits.softmax(-1) - torch.nn.functional.one_hot(targets, 13).float()) / 5
+    torch.testing.assert_close(correction.grad, expected)
+
+
+def test_unknown_loss_kind_and_incomplete_prediction_raise():
+    with pytest.raises(ValueError, match="loss kind"):
+        copilot_loss(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), dense(torch.full((2, 5), 0.2)), kind="l1")
+    with pytest.raises(ValueError, match="PilotPrediction"):
+        PilotPrediction(topk_probs=torch.zeros(2, 3))
 
 
 def test_shift_targets():

@@ -27,6 +27,8 @@ def test_append_drops_padding_and_keeps_only_top_k_at_target_positions():
     assert rows[1].hidden.dtype == torch.bfloat16 and rows[1].topk_probs.dtype == torch.float16
     expected = torch.softmax(logits[1, 3:5], -1).topk(4, -1)
     torch.testing.assert_close(rows[1].topk_probs.float(), expected.values, atol=1e-3, rtol=1e-3)
+    gold = torch.log_softmax(logits[1, 3:5], -1).gather(-1, targets[1, 3:5, None]).squeeze(-1)
+    torch.testing.assert_close(rows[1].gold_log_probs, gold)  # the fused cross-entropy needs log p̂ of the gold token
     assert log.total_bytes == sum(r.nbytes for r in rows)
     assert log.bytes_per_token == log.total_bytes / (4 + 6 + 6)
 

@@ -22,7 +22,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from ..fusion import error_distance, shift_targets
+from ..fusion import PilotPrediction, error_distance, fused_cross_entropy, shift_targets
 from ..generation import generate_arms
 from ..trainer import CopilotSFTConfig, CopilotSFTTrainer
 from ..tuner import CopilotConfig
@@ -166,13 +166,29 @@ def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> f
     errors better than predicting no correction; near 0 predicts no gain; implausibly high suggests a leak."""
     copilot_sq, zero_sq, count = 0.0, 0.0, 0
     for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
-        probs = torch.softmax(out.pilot_logits.float(), -1)[valid]
-        with_copilot = error_distance(out.copilot_logits[valid], targets[valid], probs=probs)
-        without = error_distance(torch.zeros_like(probs), targets[valid], probs=probs)
+        prediction = PilotPrediction.from_logits(out.pilot_logits[valid])
+        correction = out.copilot_logits[valid]
+        with_copilot = error_distance(correction, targets[valid], prediction)
+        without = error_distance(torch.zeros_like(correction), targets[valid], prediction)
         copilot_sq += with_copilot.square().sum().item()
         zero_sq += without.square().sum().item()
         count += int(valid.sum())
     return 1.0 - math.sqrt(copilot_sq / count) / math.sqrt(zero_sq / count)
+
+
+@torch.no_grad()
+def copilot_ce_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> dict[str, float]:
+    """The Copilot's skill in the metric of the default loss: the cross-entropy of softmax(log p̂ + f) (logit fusion
+    at λ = 1) against the Pilot's own, teacher-forced on completion tokens. `skill` = 1 − fused / Pilot: above 0 the
+    Copilot's correction makes the gold tokens more likely on these rows."""
+    fused_sum, pilot_sum, count = 0.0, 0.0, 0
+    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
+        prediction = PilotPrediction.from_logits(out.pilot_logits[valid])
+        correction = out.copilot_logits[valid]
+        fused_sum += fused_cross_entropy(correction, targets[valid], prediction).sum().item()
+        pilot_sum += fused_cross_entropy(torch.zeros_like(correction), targets[valid], prediction).sum().item()
+        count += int(valid.sum())
+    return {"pilot_ce": pilot_sum / count, "fused_ce": fused_sum / count, "skill": 1.0 - fused_sum / pilot_sum}
 
 
 @torch.no_grad()

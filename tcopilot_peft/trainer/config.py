@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from ..fusion import COPILOT_LOSSES
 from ..mistake_log import SAMPLING_POLICIES
 
 
 PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
-COPILOT_LOSSES = ("rmse", "mse")
 
 
 @dataclass
@@ -30,9 +30,11 @@ class CopilotSFTConfig(SFTConfig):
             The Copilot's AdamW weight decay.
         copilot_max_grad_norm (`float`, defaults to 1.0):
             Gradient-norm clip of the Copilot's update (0 disables it).
-        copilot_loss (`str`, defaults to `"rmse"`):
-            `"rmse"`: the per-token L2 norm ||f − ℓ|| averaged over target tokens (the paper's Eq. 7); `"mse"`: its
-            square.
+        copilot_loss (`str`, *optional*):
+            Overrides the adapter's `CopilotConfig.copilot_loss` for this run (and is recorded in it when the adapter
+            is saved): `"fused_ce"` the cross-entropy of the logit-fused prediction; `"rmse"` the paper's per-token
+            L2 norm ||f − ℓ|| (Eq. 7); `"mse"` its square. Unset, the adapter's objective is used. Fusion and feed
+            stay as the adapter's config has them.
         train_pilot (`str`, defaults to `"auto"`):
             Which Pilot weights train: `"full"` all of them, `"adapter"` only its LoRA, `"none"` none (a Copilot-only
             phase on a fixed Pilot); `"auto"` is `"adapter"` for a LoRA Pilot and `"full"` otherwise.
@@ -47,6 +49,11 @@ class CopilotSFTConfig(SFTConfig):
             uniformly from the log, `"newest"` rows drawn with weight growing with recency.
         mistake_log_sample_size (`int`, *optional*):
             Rows per Copilot step when sampling from the log; defaults to `per_device_train_batch_size`.
+        copilot_holdout_fraction (`float`, defaults to 0.0):
+            Out-of-sample mistakes: this fraction of the training set is withheld from the Pilot (a seeded split),
+            and the Mistake Log records the Pilot's forward on batches of it instead of on the Pilot's own batches,
+            so the Copilot learns errors on data the Pilot has never fitted (as stacking learns on out-of-fold
+            predictions). Costs one extra forward pass of the Pilot per micro-batch; 0 turns it off.
 
     Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
     loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
@@ -58,9 +65,12 @@ class CopilotSFTConfig(SFTConfig):
     copilot_lr_scheduler_type: str = field(default="cosine", metadata={"help": "The Copilot's LR schedule."})
     copilot_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the Copilot's AdamW."})
     copilot_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clip of the Copilot (0: off)."})
-    copilot_loss: str = field(
-        default="rmse",
-        metadata={"help": "The Copilot's loss: 'rmse' (paper's Eq. 7) or 'mse'.", "choices": COPILOT_LOSSES},
+    copilot_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Override the adapter's Copilot loss: 'fused_ce', or the paper's 'rmse' (Eq. 7), or 'mse'.",
+            "choices": COPILOT_LOSSES,
+        },
     )
     train_pilot: str = field(
         default="auto",
@@ -76,12 +86,16 @@ class CopilotSFTConfig(SFTConfig):
     mistake_log_sample_size: int | None = field(
         default=None, metadata={"help": "Rows per Copilot step; defaults to per_device_train_batch_size."}
     )
+    copilot_holdout_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of the training set withheld from the Pilot, on which its mistakes are logged."},
+    )
 
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
             self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
         super().__post_init__()
-        if self.copilot_loss not in COPILOT_LOSSES:
+        if self.copilot_loss is not None and self.copilot_loss not in COPILOT_LOSSES:
             raise ValueError(f"copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
         if self.train_pilot not in PILOT_TRAINING_MODES:
             raise ValueError(f"train_pilot must be one of {PILOT_TRAINING_MODES}, got {self.train_pilot!r}.")
@@ -89,6 +103,8 @@ class CopilotSFTConfig(SFTConfig):
             raise ValueError(
                 f"mistake_log_sampling must be one of {SAMPLING_POLICIES}, got {self.mistake_log_sampling!r}."
             )
+        if not 0.0 <= self.copilot_holdout_fraction < 1.0:
+            raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")
 

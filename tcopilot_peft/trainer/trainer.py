@@ -4,7 +4,8 @@ Each micro-batch:
 
 1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and backward — the Pilot's
    optimiser steps as in any `SFTTrainer` run;
-2. a Mistake Log append of that forward (taken before the Pilot's update);
+2. a Mistake Log append of that forward (taken before the Pilot's update), or, with `copilot_holdout_fraction`, of
+   the Pilot's forward on a batch of withheld data it never trains on;
 3. a Copilot update on rows drawn from the log, with the Copilot's own AdamW and schedule, outside the Pilot's
    optimiser and outside DDP's gradient hooks (gradients come from `torch.autograd.grad` into the trainer's own
    buffers and are averaged across processes explicitly). No gradient of the Copilot's loss reaches the Pilot: its
@@ -21,13 +22,14 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from datasets import Dataset
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 from trl import SFTTrainer
 
-from ..fusion import shift_targets
+from ..fusion import PilotPrediction, shift_targets
 from ..mistake_log import MistakeLog
 from ..tuner import CopilotConfig, CopilotModel
 from .config import CopilotSFTConfig
@@ -64,12 +66,18 @@ class CopilotSFTTrainer(SFTTrainer):
         super().__init__(model, args, *pargs, peft_config=peft_config, **kwargs)
         self.copilot_tuner = _find_copilot_tuner(self.model)
         self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
+        if self.args.copilot_loss is not None:
+            self.copilot_tuner.active_config.copilot_loss = (
+                self.args.copilot_loss
+            )  # saved adapters say how they trained
         self.mistake_log = MistakeLog(
             max_rounds=self.args.mistake_log_max_rounds,
             max_bytes=self.args.mistake_log_max_bytes,
             top_k=self.args.mistake_log_top_k,
             seed=self.args.seed + self.args.process_index,
         )
+        self.copilot_holdout = self._withhold_from_pilot(self.args.copilot_holdout_fraction)
+        self._holdout_draws = 0
         self.copilot_optimizer: torch.optim.Optimizer | None = None
         self.copilot_scheduler = None
         self._copilot_grads: list[torch.Tensor] | None = None
@@ -164,6 +172,10 @@ class CopilotSFTTrainer(SFTTrainer):
 
     def _copilot_micro_step(self, inputs: dict, outputs) -> None:
         """Algorithm 1 lines 9 and 13–19 for one micro-batch: log the Pilot's mistakes, learn from the log."""
+        if self.copilot_holdout is not None:
+            inputs = self._holdout_batch()
+            with torch.no_grad():
+                outputs = self.model(**inputs, copilot_teacher_forcing=False)
         if not torch.isfinite(outputs.loss.detach()).all():
             self._copilot_metrics["copilot_skipped_steps"].append(1.0)  # nothing non-finite enters the log
             self._maybe_step_copilot()
@@ -178,19 +190,16 @@ class CopilotSFTTrainer(SFTTrainer):
         with torch.enable_grad():
             if policy == "current":
                 key_valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(targets).bool()
-                probs = torch.softmax(outputs.pilot_logits.detach().float(), dim=-1)
                 _, copilot_loss = tuner.copilot_teacher_forced(
                     outputs.copilot_memory_x,
                     outputs.copilot_memory_h,
                     key_valid,
                     targets,
-                    probs=probs,
-                    loss_kind=self.args.copilot_loss,
+                    PilotPrediction.from_logits(outputs.pilot_logits),
                 )
             else:
                 size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
-                batch = self.mistake_log.sample(size, policy)
-                copilot_loss = tuner.copilot_replay(batch, loss_kind=self.args.copilot_loss)
+                copilot_loss = tuner.copilot_replay(self.mistake_log.sample(size, policy))
             params = self.copilot_parameters()
             scale = 1.0 / self.current_gradient_accumulation_steps
             grads = torch.autograd.grad(copilot_loss * scale, params, allow_unused=True)
@@ -219,6 +228,45 @@ class CopilotSFTTrainer(SFTTrainer):
             p.grad = None
             buffer.zero_()
 
+    # ------------------------------------------------------------------ out-of-sample mistakes
+
+    def _withhold_from_pilot(self, fraction: float) -> Dataset | None:
+        """Split a seeded `fraction` of the training set off the Pilot's data; it feeds only the Mistake Log."""
+        if not fraction:
+            return None
+        dataset = self.train_dataset
+        if not isinstance(dataset, Dataset):
+            raise ValueError(
+                "copilot_holdout_fraction needs a map-style `datasets.Dataset` to split, got "
+                f"{type(dataset).__name__}."
+            )
+        count = round(fraction * len(dataset))
+        if not 0 < count < len(dataset):
+            raise ValueError(
+                f"copilot_holdout_fraction={fraction} of {len(dataset)} training rows leaves {count} rows for the "
+                "Copilot; it must leave at least one row for each of the Copilot and the Pilot."
+            )
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        self.train_dataset = dataset.select(sorted(order[count:]))
+        return dataset.select(sorted(order[:count]))
+
+    def _holdout_batch(self) -> dict:
+        """The next batch of withheld rows: a seeded reshuffle per pass, each process reading its own slice, and a
+        draw counter saved with checkpoints so a resumed run reads the same rows."""
+        size, rows = self.args.per_device_train_batch_size, len(self.copilot_holdout)
+        start = (self._holdout_draws * self.args.world_size + self.args.process_index) * size
+        orders: dict[int, list[int]] = {}
+        picks = []
+        for position in range(start, start + size):
+            cycle = position // rows
+            if cycle not in orders:
+                generator = torch.Generator().manual_seed(self.args.seed + 1 + cycle)
+                orders[cycle] = torch.randperm(rows, generator=generator).tolist()
+            picks.append(orders[cycle][position % rows])
+        self._holdout_draws += 1
+        batch = self.data_collator([self.copilot_holdout[i] for i in picks])
+        return {**self._prepare_inputs(batch), "use_cache": False}
+
     # ------------------------------------------------------------------ logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -242,6 +290,8 @@ class CopilotSFTTrainer(SFTTrainer):
             state = {
                 "optimizer": self.copilot_optimizer.state_dict(),
                 "scheduler": self.copilot_scheduler.state_dict(),
+                "holdout_draws": self._holdout_draws,
+                "holdout_rows": len(self.copilot_holdout) if self.copilot_holdout is not None else 0,
             }
             torch.save(state, os.path.join(output_dir, COPILOT_STATE_NAME))
         # Every process keeps its own log (it logs its own micro-batches), so every process saves it.
@@ -261,6 +311,13 @@ class CopilotSFTTrainer(SFTTrainer):
             state = torch.load(state_path, map_location="cpu", weights_only=True)
             self.copilot_optimizer.load_state_dict(state["optimizer"])
             self.copilot_scheduler.load_state_dict(state["scheduler"])
+            rows = len(self.copilot_holdout) if self.copilot_holdout is not None else 0
+            if state.get("holdout_rows", 0) != rows:
+                raise ValueError(
+                    f"{state_path} was written with {state.get('holdout_rows', 0)} withheld rows, this run withholds "
+                    f"{rows}: resume with the same training set, seed and copilot_holdout_fraction."
+                )
+            self._holdout_draws = state.get("holdout_draws", 0)
         log_path = os.path.join(checkpoint, f"{MISTAKE_LOG_NAME}_rank{self.args.process_index}")
         if os.path.exists(log_path + ".safetensors"):
             with open(log_path + ".json") as handle:

@@ -10,6 +10,8 @@ from aenum import extend_enum
 from peft import PeftConfig
 from peft.utils import PeftType
 
+from ..fusion import COPILOT_LOSSES
+
 
 # PEFT's `register_peft_method` only accepts names that are members of `PeftType`, and its save path checks enum
 # membership too, so the enum is extended once per process (importing this module twice is a no-op).
@@ -19,6 +21,14 @@ if "COPILOT" not in PeftType.__members__:
 FUSION_MODES = ("logit", "prob")
 COPILOT_INITS = ("pilot_layers", "pretrained", "random")
 INFERENCE_FEEDS = ("copilot", "pilot_error")
+# What `fusion_mode` and `inference_feed` default to for each objective. The paper's objective keeps the paper's
+# probability-space fusion (Eq. 8) and Algorithm 2's feed; "fused_ce" is trained as logit fusion, and is fed at
+# inference what it reads in training.
+OBJECTIVE_DEFAULTS = {
+    "fused_ce": {"fusion_mode": "logit", "inference_feed": "pilot_error"},
+    "rmse": {"fusion_mode": "prob", "inference_feed": "copilot"},
+    "mse": {"fusion_mode": "prob", "inference_feed": "copilot"},
+}
 
 
 @dataclass
@@ -30,6 +40,13 @@ class CopilotConfig(PeftConfig):
     the next one; its prediction is fused into the Pilot's next-token logits.
 
     Args:
+        copilot_loss (`str`, defaults to `"fused_ce"`):
+            How the Copilot is trained, which also sets the defaults of `fusion_mode` and `inference_feed`.
+            `"fused_ce"`: the cross-entropy of the logit-fused prediction softmax(log p̂ + f) on the gold token (logit
+            fusion, the `"pilot_error"` feed). `"rmse"`: **the paper's objective**, regression of f onto
+            ℓ = onehot(y) − p̂ by the per-token L2 norm (Eq. 7), with probability-space fusion (Eq. 8) and Algorithm 2's
+            feed. `"mse"`: the squared norm, otherwise as `"rmse"`. `CopilotSFTConfig.copilot_loss` may override it
+            for one training run.
         num_layers (`int`, *optional*):
             Copilot depth. Odd layers (1-based) use causal self-attention, even layers cross-attend to the Pilot's
             input embeddings and layer-pooled hidden states. Defaults to a quarter of the Pilot's layers, at least 2.
@@ -43,14 +60,16 @@ class CopilotConfig(PeftConfig):
             Which source layers (0-based) initialise the Copilot's blocks; defaults to evenly spaced layers.
         fusion_lambda (`float`, defaults to 1.0):
             Correction strength λ. `0` reproduces the Pilot exactly. Can be changed on the active config at any time.
-        fusion_mode (`str`, defaults to `"prob"`):
-            `"prob"`: p̃ = clamp(softmax(z) + λ·f, floor), renormalised, returned as log p̃ (the paper's Eq. 8).
-            `"logit"`: z̃ = z + λ·f (the paper's figures).
+        fusion_mode (`str`, *optional*):
+            `"logit"`: z̃ = z + λ·f (the paper's figures). `"prob"`: p̃ = clamp(softmax(z) + λ·f, floor), renormalised,
+            returned as log p̃ (the paper's Eq. 8). Defaults to what `copilot_loss` trains for: `"logit"` for
+            `"fused_ce"`, `"prob"` for the paper's objective.
         pooled_layers (`list[int]`, *optional*):
             Which Pilot decoder layers (0-based) are mean-pooled into the memory the Copilot attends to; all if unset.
-        inference_feed (`str`, defaults to `"copilot"`):
+        inference_feed (`str`, *optional*):
             What the Copilot reads on generated positions: `"copilot"` its own previous correction (Algorithm 2), or
-            `"pilot_error"` onehot(ŷ) − p̂ of the token actually generated.
+            `"pilot_error"` onehot(ŷ) − p̂ of the token actually generated (what it reads in training). Defaults to
+            `"pilot_error"` for `"fused_ce"` and `"copilot"` for the paper's objective.
         dropout (`float`, defaults to 0.0):
             Dropout on the Copilot's attention and MLP outputs while training.
         prob_floor (`float`, defaults to 1e-10):
@@ -61,6 +80,10 @@ class CopilotConfig(PeftConfig):
             Token indices whose embeddings train (read and written by TRL's `SFTTrainer` for added chat tokens).
     """
 
+    copilot_loss: Literal["fused_ce", "rmse", "mse"] = field(
+        default="fused_ce",
+        metadata={"help": "Copilot objective: 'fused_ce' (default), or the paper's 'rmse' (Eq. 7) or 'mse'."},
+    )
     num_layers: int | None = field(
         default=None, metadata={"help": "Copilot depth; defaults to a quarter of the Pilot's layers (at least 2)."}
     )
@@ -75,15 +98,16 @@ class CopilotConfig(PeftConfig):
         default=None, metadata={"help": "Source layers (0-based) copied into the Copilot; evenly spaced if unset."}
     )
     fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ; 0 reproduces the Pilot."})
-    fusion_mode: Literal["logit", "prob"] = field(
-        default="prob", metadata={"help": "Fuse in probability space ('prob', Eq. 8) or logit space ('logit')."}
+    fusion_mode: Literal["logit", "prob"] | None = field(
+        default=None,
+        metadata={"help": "Fuse in logit space ('logit') or probability space ('prob', Eq. 8); set by copilot_loss."},
     )
     pooled_layers: list[int] | None = field(
         default=None, metadata={"help": "Pilot decoder layers (0-based) mean-pooled for the Copilot; all if unset."}
     )
-    inference_feed: Literal["copilot", "pilot_error"] = field(
-        default="copilot",
-        metadata={"help": "Copilot input on generated positions: its own output, or onehot(ŷ) − p̂ of the token."},
+    inference_feed: Literal["copilot", "pilot_error"] | None = field(
+        default=None,
+        metadata={"help": "Copilot input on generated positions: its own output ('copilot') or onehot(ŷ) − p̂."},
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot while training."})
     prob_floor: float = field(default=1e-10, metadata={"help": "Clamp of fused probabilities in 'prob' mode."})
@@ -108,9 +132,11 @@ class CopilotConfig(PeftConfig):
     def __setattr__(self, name: str, value: Any) -> None:
         # Fusion settings may be changed on a live model (they take effect at the next forward), so they are checked
         # where they are set rather than deep inside the forward pass.
+        if name in ("fusion_mode", "inference_feed") and value is None and "copilot_loss" in self.__dict__:
+            value = OBJECTIVE_DEFAULTS.get(self.copilot_loss, {}).get(name)  # unset means the objective's default
         if name == "fusion_lambda":
             validate_fusion_lambda(value)
-        elif name == "fusion_mode":
+        elif name == "fusion_mode" and value is not None:
             validate_fusion_mode(value)
         super().__setattr__(name, value)
 
@@ -119,6 +145,8 @@ class CopilotConfig(PeftConfig):
         self.peft_type = PeftType.COPILOT
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
+        if self.copilot_loss not in COPILOT_LOSSES:
+            raise ValueError(f"CopilotConfig.copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
             raise ValueError(f"CopilotConfig.num_layers must be an integer >= 1, got {self.num_layers!r}.")
         if self.init not in COPILOT_INITS:

@@ -24,6 +24,7 @@ generate's beam reordering, batch expansion and cropping apply to both for free.
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..fusion import IGNORE_INDEX, copilot_loss, error_embedding, fuse_logits, shift_targets
+from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding, fuse_logits, shift_targets
 from .config import CopilotConfig
 from .network import CopilotNetwork, CopilotNetworkConfig
 
@@ -65,7 +66,8 @@ class CopilotCausalLMOutput(CausalLMOutputWithPast):
         logits: fused logits.
         pilot_logits: the Pilot's logits.
         copilot_logits: the Copilot's correction f.
-        copilot_loss: the Copilot's loss against ℓ (when `labels` were given; no gradient reaches the Pilot).
+        copilot_loss: the Copilot's training loss, its config's `copilot_loss` (when `labels` were given; no gradient
+            reaches the Pilot).
         copilot_memory_x, copilot_memory_h: detached X̃ and layer-pooled Pilot states, the Mistake Log's inputs.
     """
 
@@ -300,18 +302,17 @@ class CopilotModel(BaseTuner):
         memory_h: torch.Tensor,
         key_valid: torch.Tensor,
         targets: torch.Tensor,
-        probs: torch.Tensor | None = None,
-        topk_probs: torch.Tensor | None = None,
-        topk_ids: torch.Tensor | None = None,
-        loss_kind: str = "rmse",
+        prediction: PilotPrediction,
+        loss_kind: str | None = None,
         full_correction: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the Copilot teacher-forced on the Pilot's errors and return (f, loss).
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
         Mistake Log replay (logged errors, top-k p̂). `targets[:, t]` is the gold token after position t (-100 where
-        there is none); the Copilot's input at t is the error at t − 1. p̂ is given per position (`(B, T, ...)`) or
-        packed at the target positions only (`(N, ...)`, row-major), which is all the loss and the inputs need.
+        there is none); the Copilot's input at t is the error at t − 1. p̂ is given per position or packed at the
+        target positions only (row-major), which is all the loss and the inputs need. `loss_kind` defaults to the
+        active adapter's `copilot_loss`.
 
         Returns:
             f at the target positions (`(N, |V|)`), or at every position (`(B, T, |V|)`) with `full_correction`;
@@ -319,9 +320,9 @@ class CopilotModel(BaseTuner):
         """
         valid = targets != IGNORE_INDEX
         gold = targets[valid]
-        probs, topk_probs, topk_ids = (_packed(x, valid) for x in (probs, topk_probs, topk_ids))
+        prediction = prediction.at(valid)
         errors = torch.zeros(*targets.shape, memory_x.shape[-1], device=memory_x.device)
-        errors[valid] = error_embedding(self._embedding_weight(), gold, probs, topk_probs, topk_ids)
+        errors[valid] = error_embedding(self._embedding_weight(), gold, prediction)
         inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
         u = self.active_network(inputs, memory_x, memory_h, key_valid)
         if full_correction:
@@ -329,22 +330,17 @@ class CopilotModel(BaseTuner):
             at_targets = correction[valid]
         else:
             correction = at_targets = self.copilot_head(u[valid])  # the |V|-sized head only where the loss is
-        return correction, copilot_loss(at_targets, gold, probs, topk_probs, topk_ids, kind=loss_kind)
+        kind = loss_kind or self.active_config.copilot_loss
+        return correction, copilot_loss(at_targets, gold, prediction, kind=kind)
 
-    def copilot_replay(self, batch, loss_kind: str = "rmse") -> torch.Tensor:
+    def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:
         """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`); X̃ is re-embedded."""
         device = self._embedding_weight().device
         batch = batch.to(device)
         with torch.no_grad():
             memory_x = self.model.get_input_embeddings()(batch.input_ids)
         _, loss = self.copilot_teacher_forced(
-            memory_x,
-            batch.hidden,
-            batch.attention_mask,
-            batch.targets,
-            topk_probs=batch.topk_probs,
-            topk_ids=batch.topk_ids,
-            loss_kind=loss_kind,
+            memory_x, batch.hidden, batch.attention_mask, batch.targets, batch.prediction(), loss_kind=loss_kind
         )
         return loss
 
@@ -454,9 +450,9 @@ class CopilotModel(BaseTuner):
                 loss = self.model.loss_function(
                     logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw
                 )
-                probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
+                prediction = PilotPrediction.from_logits(pilot_logits)
                 correction, copilot_loss_value = self.copilot_teacher_forced(
-                    memory_x, memory_h, key_valid, targets, probs=probs, full_correction=True
+                    memory_x, memory_h, key_valid, targets, prediction, full_correction=True
                 )
             else:
                 # The trainer's step: like TRL's own loss, the LM head runs only where there is a target, and the
@@ -556,7 +552,10 @@ class CopilotModel(BaseTuner):
 
         if feed_pilot_error:
             # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
-            pending = -(torch.softmax(pilot_logits.detach().float(), dim=-1) @ self._embedding_weight().float())
+            z = pilot_logits.detach().float()
+            # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
+            probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
+            pending = -(probs @ self._embedding_weight().float())
             inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
             u = network(inputs, memory_x, memory_h, key_valid, cache, offset)
         else:
@@ -627,13 +626,6 @@ class CopilotModel(BaseTuner):
 
 
 # ---------------------------------------------------------------------- module-level helpers
-
-
-def _packed(values: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor | None:
-    """Values at the target positions: select them from a per-position tensor, or pass an already packed one."""
-    if values is None or values.shape[: valid.dim()] != valid.shape:
-        return values
-    return values[valid]
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -775,7 +767,13 @@ def _float_weight(module: nn.Module) -> torch.Tensor:
     if kind == "Params4bit":
         import bitsandbytes.functional as bnb_functional
 
-        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state).detach().float()
+        data, state = weight.data, weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            # On AVX512-BF16 CPUs bitsandbytes repacks a 4-bit weight in place after the first inference forward;
+            # its own inverse (what its state-dict saving uses) rebuilds the standard layout, here on a copy so the
+            # Pilot's layer keeps its fast format.
+            data, state = bnb_functional._convert_weight_packed_for_cpu_inverse(data, copy.deepcopy(state))
+        return bnb_functional.dequantize_4bit(data, state).detach().float()
     return weight.detach().float()
 
 
