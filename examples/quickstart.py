@@ -54,7 +54,7 @@ def exact_match(model, tokenizer, rows, use_copilot: bool) -> float:
 
 def main() -> None:
     tokenizer = char_tokenizer()
-    model = get_peft_model(build_pilot(len(tokenizer)), CopilotConfig(num_layers=2, fusion_mode="prob"))
+    model = get_peft_model(build_pilot(len(tokenizer)), CopilotConfig(num_layers=2))
     model.print_trainable_parameters()
 
     with tempfile.TemporaryDirectory() as workdir:

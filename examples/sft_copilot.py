@@ -34,7 +34,7 @@ class ScriptArguments:
     copilot_layers: int | None = field(default=None, metadata={"help": "Copilot depth; a quarter of the Pilot's."})
     copilot_init: str = field(default="pilot_layers", metadata={"help": "pilot_layers, pretrained or random."})
     copilot_pretrained: str | None = field(default=None, metadata={"help": "Decoder for copilot_init=pretrained."})
-    fusion_mode: str = field(default="prob", metadata={"help": "prob or logit."})
+    fusion_mode: str | None = field(default=None, metadata={"help": "prob or logit; default: the objective's own."})
     fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ."})
     copilot_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot."})
 
@@ -54,6 +54,7 @@ def main() -> None:
         num_layers=script_args.copilot_layers,
         init=script_args.copilot_init,
         pretrained_model_name_or_path=script_args.copilot_pretrained,
+        copilot_loss=training_args.copilot_loss or "fused_ce",  # --copilot_loss rmse: the paper's objective
         fusion_mode=script_args.fusion_mode,
         fusion_lambda=script_args.fusion_lambda,
         dropout=script_args.copilot_dropout,

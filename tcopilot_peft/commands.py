@@ -9,6 +9,8 @@ import sys
 import torch
 
 from .cli import UsageError
+from .fusion import COPILOT_LOSSES
+from .tuner.config import FUSION_MODES
 
 
 def check_model_path(name_or_path: str) -> None:
@@ -99,14 +101,20 @@ def register_train(subparsers) -> None:
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the Pilot (0: train all its weights)")
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
     parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
-    parser.add_argument("--fusion-mode", choices=["prob", "logit"], default="prob")
+    parser.add_argument(
+        "--copilot-loss",
+        choices=COPILOT_LOSSES,
+        default="fused_ce",
+        help="the Copilot's objective: fused_ce (default) or the paper's rmse (with its probability-space fusion)",
+    )
+    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
     parser.add_argument("--fusion-lambda", type=float, default=1.0)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--copilot-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--copilot-learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--save-steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=42)
@@ -129,7 +137,12 @@ def run_train(args: argparse.Namespace) -> int:
     pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, lora_r=args.lora_r)
     model = get_peft_model(
         pilot,
-        CopilotConfig(num_layers=args.copilot_layers, fusion_mode=args.fusion_mode, fusion_lambda=args.fusion_lambda),
+        CopilotConfig(
+            num_layers=args.copilot_layers,
+            copilot_loss=args.copilot_loss,
+            fusion_mode=args.fusion_mode,
+            fusion_lambda=args.fusion_lambda,
+        ),
     )
     config = CopilotSFTConfig(
         output_dir=args.output_dir,

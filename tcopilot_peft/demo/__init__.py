@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..fusion import COPILOT_LOSSES
+from ..tuner.config import FUSION_MODES
 from .pretrain import PILOT_DIR
 
 
@@ -26,7 +28,13 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", default="tcopilot-demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--copilot-layers", type=int)
-    parser.add_argument("--fusion-mode", choices=["prob", "logit"], default="prob")
+    parser.add_argument(
+        "--copilot-loss",
+        choices=COPILOT_LOSSES,
+        default="fused_ce",
+        help="the Copilot's objective: fused_ce (default) or the paper's rmse (with its probability-space fusion)",
+    )
+    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
     parser.set_defaults(handler=run)
 
 
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         seed=args.seed,
         copilot_layers=args.copilot_layers,
+        copilot_loss=args.copilot_loss,
         fusion_mode=args.fusion_mode,
         **(QUICK if args.quick else {}),
     )

@@ -20,8 +20,9 @@ class CopilotSFTConfig(SFTConfig):
     Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus:
 
     Args:
-        copilot_learning_rate (`float`, defaults to 5e-4):
-            Peak learning rate of the Copilot's own AdamW (the paper uses 3e-4 to 5e-4).
+        copilot_learning_rate (`float`, defaults to 1e-3):
+            Peak learning rate of the Copilot's own AdamW: what benchmarks/RESULTS.md measured (the paper uses 3e-4 to
+            5e-4 on 7B-8B Pilots).
         copilot_warmup_steps (`int`, defaults to 0):
             Linear warm-up steps of the Copilot's schedule.
         copilot_lr_scheduler_type (`str`, defaults to `"cosine"`):
@@ -60,7 +61,7 @@ class CopilotSFTConfig(SFTConfig):
     never materialises it).
     """
 
-    copilot_learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate of the Copilot."})
+    copilot_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the Copilot."})
     copilot_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps of the Copilot's schedule."})
     copilot_lr_scheduler_type: str = field(default="cosine", metadata={"help": "The Copilot's LR schedule."})
     copilot_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the Copilot's AdamW."})

@@ -242,3 +242,43 @@ def test_eval_reports_copilot_loss(tmp_path):
     trainer = train(get_peft_model(pilot(), CopilotConfig()), args, eval_dataset=arithmetic_dataset(8, seed=1))
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     assert evals and evals[0]["eval_copilot_loss"] > 0
+
+
+@pytest.mark.parametrize("loss", ["fused_ce", "rmse"])
+def test_the_log_rebuilds_the_dense_loss_when_it_keeps_the_whole_vocabulary(loss):
+    """Replaying a logged round gives the loss of the fresh forward (exact with top-k = |V|; the gold token's
+    log-probability is what the sparse fused cross-entropy needs besides the top-k)."""
+    from tcopilot_peft.fusion import PilotPrediction, shift_targets
+    from tcopilot_peft.mistake_log import MistakeLog
+    from tests.conftest import randomise_copilot
+
+    model = get_peft_model(pilot(), CopilotConfig())
+    randomise_copilot(model, scale=0.05)
+    tuner = model.base_model
+    rows = [TOKENIZER(f"{a}+{b}={a + b}</s>").input_ids for a, b in [(12, 30), (45, 17), (33, 48)]]
+    ids = torch.tensor(rows)
+    labels = ids.clone()
+    labels[:, :6] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels, copilot_teacher_forcing=False)
+        targets = shift_targets(labels)
+        log = MistakeLog(top_k=len(TOKENIZER))
+        replay = log.collate(log.append(ids, None, targets, out.copilot_memory_h, out.pilot_logits))
+        _, dense = tuner.copilot_teacher_forced(
+            out.copilot_memory_x,
+            out.copilot_memory_h,
+            torch.ones_like(ids, dtype=torch.bool),
+            targets,
+            PilotPrediction.from_logits(out.pilot_logits),
+            loss_kind=loss,
+        )
+        from_log = tuner.copilot_replay(replay, loss_kind=loss)
+    torch.testing.assert_close(from_log, dense, atol=2e-3, rtol=2e-3)  # the log keeps p̂ in 16 bits
+
+
+def test_the_trainers_loss_override_is_recorded_in_the_adapter(tmp_path):
+    model = get_peft_model(pilot(), CopilotConfig())
+    train(model, copilot_args(tmp_path, max_steps=1, copilot_loss="rmse"))
+    assert model.peft_config["default"].copilot_loss == "rmse"
+    with pytest.raises(ValueError, match="copilot_loss must be one of"):
+        copilot_args(tmp_path, copilot_loss="l1")

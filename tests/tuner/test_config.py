@@ -35,6 +35,7 @@ def test_every_field_has_help_text():
         ({"init": "copy"}, "init"),
         ({"init": "pretrained"}, "pretrained_model_name_or_path"),
         ({"inference_feed": "gold"}, "inference_feed"),
+        ({"copilot_loss": "l1"}, "copilot_loss"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(kwargs, match):
@@ -48,6 +49,17 @@ def test_fusion_settings_are_checked_when_changed_on_a_live_config():
         config.fusion_lambda = -1.0
     with pytest.raises(ValueError, match="fusion_mode"):
         config.fusion_mode = "sum"
+
+
+def test_the_objective_sets_fusion_and_feed_unless_they_are_given():
+    default = CopilotConfig()
+    assert (default.copilot_loss, default.fusion_mode, default.inference_feed) == ("fused_ce", "logit", "pilot_error")
+    paper = CopilotConfig(copilot_loss="rmse")  # the paper's objective is one flag away
+    assert (paper.fusion_mode, paper.inference_feed) == ("prob", "copilot")
+    mixed = CopilotConfig(copilot_loss="rmse", fusion_mode="logit")
+    assert (mixed.fusion_mode, mixed.inference_feed) == ("logit", "copilot")
+    mixed.fusion_mode = None  # unset on a live config: back to the objective's own
+    assert mixed.fusion_mode == "prob"
 
 
 def test_unsupported_architecture_is_named():
@@ -65,3 +77,4 @@ def test_config_round_trips_through_json(tmp_path):
     assert saved["peft_type"] == "COPILOT" and saved["num_layers"] == 3 and saved["pilot_vocab_size"] == 97
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, CopilotConfig) and loaded.fusion_lambda == 0.7
+    assert (loaded.copilot_loss, loaded.fusion_mode, loaded.inference_feed) == ("fused_ce", "logit", "pilot_error")

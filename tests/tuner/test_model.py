@@ -5,6 +5,7 @@ import torch
 from peft import get_peft_model
 
 from tcopilot_peft import CopilotConfig
+from tcopilot_peft.fusion import COPILOT_LOSSES
 from tests.conftest import randomise_copilot, tiny_pilot
 
 
@@ -30,9 +31,10 @@ def test_forward_returns_fused_logits_and_lambda_zero_is_the_pilot(arch):
     assert torch.equal(model(input_ids=ids).logits, pilot(ids).logits)
 
 
+@pytest.mark.parametrize("loss", COPILOT_LOSSES)
 @pytest.mark.parametrize("mode", ["logit", "prob"])
-def test_lambda_zero_generates_the_pilots_tokens(mode):
-    model, pilot = copilot_on(fusion_lambda=0.0, fusion_mode=mode), tiny_pilot()
+def test_lambda_zero_generates_the_pilots_tokens(mode, loss):
+    model, pilot = copilot_on(fusion_lambda=0.0, fusion_mode=mode, copilot_loss=loss), tiny_pilot()
     ids = prompts()
     ours = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(ours, pilot.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
