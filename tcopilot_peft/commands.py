@@ -13,6 +13,17 @@ from .fusion import COPILOT_LOSSES
 from .tuner.config import FUSION_MODES
 
 
+def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--copilot-loss` and `--fusion-mode`, shared by `tcopilot train` and `tcopilot demo`."""
+    parser.add_argument(
+        "--copilot-loss",
+        choices=COPILOT_LOSSES,
+        default="fused_ce",
+        help="the Copilot's objective: fused_ce (default) or the paper's rmse (with its probability-space fusion)",
+    )
+    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
+
+
 def check_model_path(name_or_path: str) -> None:
     if looks_local(name_or_path) and not os.path.exists(name_or_path):
         raise UsageError(f"model path not found: {name_or_path}")
@@ -101,13 +112,7 @@ def register_train(subparsers) -> None:
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the Pilot (0: train all its weights)")
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
     parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
-    parser.add_argument(
-        "--copilot-loss",
-        choices=COPILOT_LOSSES,
-        default="fused_ce",
-        help="the Copilot's objective: fused_ce (default) or the paper's rmse (with its probability-space fusion)",
-    )
-    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
+    add_objective_arguments(parser)
     parser.add_argument("--fusion-lambda", type=float, default=1.0)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=-1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..fusion import COPILOT_LOSSES
-from ..tuner.config import FUSION_MODES
+from ..commands import add_objective_arguments
 from .pretrain import PILOT_DIR
 
 
@@ -28,13 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", default="tcopilot-demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--copilot-layers", type=int)
-    parser.add_argument(
-        "--copilot-loss",
-        choices=COPILOT_LOSSES,
-        default="fused_ce",
-        help="the Copilot's objective: fused_ce (default) or the paper's rmse (with its probability-space fusion)",
-    )
-    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
+    add_objective_arguments(parser)
     parser.set_defaults(handler=run)
 
 
