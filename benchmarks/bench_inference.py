@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--copilot-layers", type=int, default=3)
-    parser.add_argument("--fusion-mode", default="prob", choices=["prob", "logit"])
+    parser.add_argument("--fusion-mode", choices=["prob", "logit"], help="default: the Copilot objective's own")
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
@@ -98,10 +98,11 @@ def main() -> None:
     measure(f"forward (length {args.forward_length})", args.forward_batch, lambda: model(input_ids=ids))
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    fusion_mode = model.peft_config[model.active_adapter].fusion_mode
     print(
         f"Pilot: Llama d={args.hidden}, {args.layers} layers, vocab {args.vocab}, {pilot_params / 1e6:.1f}M params; "
         f"Copilot: {args.copilot_layers} layers, {copilot_params / 1e6:.2f}M params "
-        f"({copilot_params / pilot_params:.1%} of the Pilot); fusion '{args.fusion_mode}'"
+        f"({copilot_params / pilot_params:.1%} of the Pilot); fusion '{fusion_mode}'"
     )
     print(f"Copilot FLOP share per generated token: {flop_share:.1%} (ideal fused/Pilot speed {1 - flop_share:.2f}×)")
     print(

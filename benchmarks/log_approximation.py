@@ -50,7 +50,9 @@ def main() -> None:
     rows = task_splits(args.task, args.rows, 1, 1, seed=1000)["train"].to_list()
     log = MistakeLog(top_k=args.top_k)
     sums = {kind: [0.0, 0.0] for kind in ("fused_ce", "rmse")}
+    count = 0
     for batch, labels in batches(tokenizer, rows, 32):
+        count += 1
         out = model(**batch, labels=labels, copilot_teacher_forcing=False)
         targets = shift_targets(labels)
         logged = log.collate(
@@ -67,7 +69,6 @@ def main() -> None:
             )
             sparse = tuner.copilot_replay(logged, loss_kind=kind)
             sums[kind] = [dense_sum + dense.item(), sparse_sum + sparse.item()]
-    count = len(log.rounds)
     for kind, (dense, sparse) in sums.items():
         print(
             f"{kind} (mean over {count} batches): dense {dense / count:.4f}, from the log {sparse / count:.4f}, "

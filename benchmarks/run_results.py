@@ -522,6 +522,12 @@ def main() -> None:
         for task in args.tasks:
             key = f"{name}/{task}"
             if key in results:
+                kept = sorted(int(s) for s in results[key] if s.isdigit())
+                if kept != sorted(args.seeds):
+                    sys.exit(
+                        f"{partial}: block {key} was computed for seeds {kept}, not {args.seeds}; rerun without "
+                        "--resume, or with those seeds."
+                    )
                 log(f"{key}: kept from {partial}")
                 continue
             results[key] = run_block(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms)

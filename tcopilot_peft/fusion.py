@@ -74,9 +74,13 @@ def _fuse_probabilities(
         if finite is not None:
             probs = probs.nan_to_num(0.0)
         fused = torch.add(probs, f, alpha=fusion_lambda).clamp_min(prob_floor)
-        if finite is not None:
-            fused = fused.masked_fill(~finite, 0.0)
-        return (fused / fused.sum(dim=-1, keepdim=True).clamp_min(prob_floor)).log()
+        if finite is None:
+            return (fused / fused.sum(dim=-1, keepdim=True).clamp_min(prob_floor)).log()
+        fused = fused.masked_fill(~finite, 0.0)
+        # The masked entries are replaced by the Pilot's own logits afterwards; taking the log of 1 there instead of 0
+        # keeps their backward finite (log's gradient at 0 would turn the whole row's gradient into NaN).
+        ratio = fused / fused.sum(dim=-1, keepdim=True).clamp_min(prob_floor)
+        return torch.where(finite, ratio, 1.0).log()
     if finite is not None:
         probs.nan_to_num_(0.0)
     fused = probs.add_(f, alpha=fusion_lambda).clamp_min_(prob_floor)
@@ -190,20 +194,27 @@ def fused_cross_entropy(correction: torch.Tensor, target_ids: torch.Tensor, pred
         return torch.logsumexp(fused, dim=-1) - fused.gather(-1, y).squeeze(-1)
     if prediction.gold_log_probs is None:
         raise ValueError("The sparse fused cross-entropy needs the gold token's log-probability (`gold_log_probs`).")
-    ids, p_top = prediction.topk_ids, prediction.topk_probs.float()
-    gold_log_p = prediction.gold_log_probs.float()
+    ids, gold_log_p = prediction.topk_ids, prediction.gold_log_probs.float()
     f_y = f.gather(-1, y).squeeze(-1)
-    shift = f.detach().amax(-1, keepdim=True)  # every exponential below is taken relative to the row's largest f
-    exp_f = (f - shift).exp()
-    gold_outside = (ids != y).all(-1)
-    exp_top = exp_f.gather(-1, ids)
-    exp_gold = exp_f.gather(-1, y).squeeze(-1)
-    known = (p_top * exp_top).sum(-1) + torch.where(gold_outside, gold_log_p.exp() * exp_gold, 0.0)
-    tail_mass = (1.0 - p_top.sum(-1) - torch.where(gold_outside, gold_log_p.exp(), 0.0)).clamp_min(0.0)
-    tail_count = f.shape[-1] - ids.shape[-1] - gold_outside.float()
-    tail_sum = exp_f.sum(-1) - exp_top.sum(-1) - torch.where(gold_outside, exp_gold, 0.0)
-    tail = tail_mass * tail_sum.clamp_min(0.0) / tail_count.clamp_min(1.0)
-    return torch.log(known + tail) + shift.squeeze(-1) - gold_log_p - f_y
+    gold_in_top = ids == y
+    gold_outside = ~gold_in_top.any(-1)
+    # Log-probabilities of the known tokens; the gold one always from its own float32 log-probability (its 16-bit
+    # top-k copy can underflow to 0 for a confidently wrong Pilot, which would leave the loss unbounded below).
+    log_p_top = torch.where(gold_in_top, gold_log_p.unsqueeze(-1), prediction.topk_probs.float().log())
+    gold_term = torch.where(gold_outside, gold_log_p + f_y, float("-inf")).unsqueeze(-1)
+    known = torch.cat([log_p_top + f.gather(-1, ids), gold_term], dim=-1)
+    known_mass = log_p_top.exp().sum(-1) + torch.where(gold_outside, gold_log_p.exp(), 0.0)
+    # The tail: every token outside the top-k and the gold one, each given an equal share of the remaining mass.
+    outside = torch.ones_like(f, dtype=torch.bool).scatter(-1, ids, False).scatter(-1, y, False)
+    has_tail = outside.any(-1, keepdim=True)
+    # A row with no tail (the top-k covers the vocabulary) skips the logsumexp, whose backward over nothing is NaN.
+    tail_f = torch.where(has_tail, f.masked_fill(~outside, float("-inf")), 0.0)
+    log_tail_mean = torch.logsumexp(tail_f, dim=-1) - outside.sum(-1).clamp_min(1).float().log()
+    log_tail = torch.where(
+        has_tail.squeeze(-1), (1.0 - known_mass).clamp_min(0.0).log() + log_tail_mean, float("-inf")
+    )
+    log_normaliser = torch.logsumexp(torch.cat([known, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
+    return log_normaliser - gold_log_p - f_y
 
 
 def copilot_loss(
@@ -226,7 +237,7 @@ def copilot_loss(
     else:
         raise ValueError(f"Copilot loss kind must be one of {COPILOT_LOSSES}, got {kind!r}.")
     count = valid.sum()
-    return (per_token * valid).sum() / count.clamp_min(1)
+    return torch.where(valid, per_token, 0.0).sum() / count.clamp_min(1)
 
 
 def shift_targets(labels: torch.Tensor) -> torch.Tensor:

@@ -257,8 +257,7 @@ class MistakeLog:
             missing = [name for name in ROW_FIELDS if size and f"round{r}.row0.{name}" not in tensors]
             if missing:
                 raise ValueError(
-                    f"The saved Mistake Log lacks {missing} (it was written by an older version or is truncated); "
-                    "resume without it or start the run again."
+                    f"The saved Mistake Log lacks {missing} (it was written by an older version or is truncated)."
                 )
             self.rounds.append(
                 [MistakeLogRow(*(tensors[f"round{r}.row{i}.{name}"] for name in ROW_FIELDS)) for i in range(size)]

@@ -154,3 +154,53 @@ def test_unknown_loss_kind_and_incomplete_prediction_raise():
 def test_shift_targets():
     labels = torch.tensor([[-100, 4, 5, 6]])
     assert shift_targets(labels).tolist() == [[4, 5, 6, -100]]
+
+
+def test_sparse_fused_cross_entropy_stays_bounded_when_the_gold_top_k_probability_underflows():
+    """A confidently wrong Pilot: the gold token ranks in the top-k with p̂ ≈ 2e-9, which 16 bits store as 0. Raising
+    f_y must drive the loss to 0, as the dense loss does, never below it."""
+    logits = torch.full((1, 50), -30.0)
+    logits[0, 0], logits[0, 1:8] = 0.0, -20.0
+    targets = torch.tensor([3])
+    prediction = sparse(logits.softmax(-1), targets, 8)
+    prediction.topk_probs = prediction.topk_probs.half()  # as the Mistake Log keeps them
+    for boost in (0.0, 50.0, 200.0):
+        correction = torch.zeros(1, 50)
+        correction[0, 3] = boost
+        dense_loss = fused_cross_entropy(correction, targets, PilotPrediction.from_logits(logits))
+        sparse_loss = fused_cross_entropy(correction, targets, prediction)
+        torch.testing.assert_close(sparse_loss, dense_loss, atol=1e-3, rtol=1e-3)
+
+
+def test_sparse_losses_ignore_padding_rows_without_nan():
+    """Per-position logged rows carry zeros (ids 0, probabilities 0) where there is no target."""
+    correction = torch.randn(3, 4, 50, requires_grad=True)
+    with torch.no_grad():
+        correction[0, 0, 0] = 30.0  # f peaks at the padding id
+    targets = torch.randint(0, 50, (3, 4))
+    targets[:, 0] = -100
+    prediction = sparse(torch.randn(3, 4, 50).softmax(-1), targets, 8)
+    prediction.topk_probs[:, 0], prediction.topk_ids[:, 0], prediction.gold_log_probs[:, 0] = 0.0, 0, 0.0
+    for kind in ("fused_ce", "rmse"):
+        loss = copilot_loss(correction, targets, prediction, kind=kind)
+        (grad,) = torch.autograd.grad(loss, correction)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        assert grad[:, 0].abs().sum() == 0  # no gradient from positions without a target
+
+
+def test_sparse_fused_cross_entropy_gradient_matches_dense_with_the_whole_vocabulary():
+    logits, targets = torch.randn(5, 50), torch.randint(0, 50, (5,))
+    dense_f = torch.randn(5, 50, requires_grad=True)
+    sparse_f = dense_f.detach().clone().requires_grad_(True)
+    fused_cross_entropy(dense_f, targets, PilotPrediction.from_logits(logits)).sum().backward()
+    fused_cross_entropy(sparse_f, targets, sparse(logits.softmax(-1), targets, 50)).sum().backward()
+    torch.testing.assert_close(sparse_f.grad, dense_f.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_prob_fusion_backward_stays_finite_beside_non_finite_pilot_logits():
+    z = torch.randn(2, 7)
+    z[0, 3] = float("-inf")
+    correction = (0.01 * torch.randn(2, 7)).requires_grad_(True)
+    fused = fuse_logits(z, correction, 1.0, "prob")
+    fused[torch.isfinite(z)].sum().backward()
+    assert torch.isfinite(correction.grad).all()

@@ -179,6 +179,7 @@ def _settings(args: argparse.Namespace, model) -> dict[str, object]:
         "tokenizer": where(args.tokenizer or args.model),
         "fusion_lambda": config.fusion_lambda,
         "fusion_mode": config.fusion_mode,
+        "inference_feed": config.inference_feed,
         "load_in_4bit": args.load_in_4bit,
     }
 

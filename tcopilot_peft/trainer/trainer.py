@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -67,9 +68,7 @@ class CopilotSFTTrainer(SFTTrainer):
         self.copilot_tuner = _find_copilot_tuner(self.model)
         self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
         if self.args.copilot_loss is not None:
-            self.copilot_tuner.active_config.copilot_loss = (
-                self.args.copilot_loss
-            )  # saved adapters say how they trained
+            _override_objective(self.copilot_tuner.active_config, self.args.copilot_loss)
         self.mistake_log = MistakeLog(
             max_rounds=self.args.mistake_log_max_rounds,
             max_bytes=self.args.mistake_log_max_bytes,
@@ -248,7 +247,9 @@ class CopilotSFTTrainer(SFTTrainer):
             )
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
         self.train_dataset = dataset.select(sorted(order[count:]))
-        return dataset.select(sorted(order[:count]))
+        # The Pilot's batches lose the columns its forward does not take when their loader is built; these are
+        # collated here directly, so they lose them now.
+        return self._remove_unused_columns(dataset.select(sorted(order[:count])), description="Copilot holdout")
 
     def _holdout_batch(self) -> dict:
         """The next batch of withheld rows: a seeded reshuffle per pass, each process reading its own slice, and a
@@ -322,7 +323,12 @@ class CopilotSFTTrainer(SFTTrainer):
         if os.path.exists(log_path + ".safetensors"):
             with open(log_path + ".json") as handle:
                 meta = json.load(handle)
-            self.mistake_log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+            try:
+                self.mistake_log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+            except ValueError as error:  # written by an older version: the log refills within a few steps
+                warnings.warn(
+                    f"{log_path}.safetensors: {error} The Copilot resumes with an empty Mistake Log.", stacklevel=2
+                )
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
@@ -351,6 +357,19 @@ def _as_copilot_config(args) -> CopilotSFTConfig:
     if isinstance(args, CopilotSFTConfig):
         return args
     raise TypeError(f"CopilotSFTTrainer needs a CopilotSFTConfig as `args`, got {type(args).__name__}.")
+
+
+def _override_objective(config: CopilotConfig, loss: str) -> None:
+    """Train with `loss` instead of the adapter's objective, and record it in the adapter (saved adapters say how they
+    were trained). Fusion and feed stay as configured, which may not be what `loss` trains for: say so."""
+    if loss != config.copilot_loss:
+        warnings.warn(
+            f"CopilotSFTConfig.copilot_loss={loss!r} overrides the adapter's copilot_loss={config.copilot_loss!r}; "
+            f"its fusion_mode={config.fusion_mode!r} and inference_feed={config.inference_feed!r} are kept. For "
+            f"{loss!r}'s own, create the adapter with CopilotConfig(copilot_loss={loss!r}) instead.",
+            stacklevel=3,
+        )
+    config.copilot_loss = loss
 
 
 def _refuse_unsupported_options(args: CopilotSFTConfig) -> None:

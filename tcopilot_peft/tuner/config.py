@@ -40,13 +40,13 @@ class CopilotConfig(PeftConfig):
     the next one; its prediction is fused into the Pilot's next-token logits.
 
     Args:
-        copilot_loss (`str`, defaults to `"fused_ce"`):
+        copilot_loss (`str`, *optional*, defaults to `"fused_ce"`):
             How the Copilot is trained, which also sets the defaults of `fusion_mode` and `inference_feed`.
             `"fused_ce"`: the cross-entropy of the logit-fused prediction softmax(log p̂ + f) on the gold token (logit
             fusion, the `"pilot_error"` feed). `"rmse"`: **the paper's objective**, regression of f onto
             ℓ = onehot(y) − p̂ by the per-token L2 norm (Eq. 7), with probability-space fusion (Eq. 8) and Algorithm 2's
             feed. `"mse"`: the squared norm, otherwise as `"rmse"`. `CopilotSFTConfig.copilot_loss` may override it
-            for one training run.
+            for one training run. An adapter saved before this field existed was trained with `"rmse"` and loads so.
         num_layers (`int`, *optional*):
             Copilot depth. Odd layers (1-based) use causal self-attention, even layers cross-attend to the Pilot's
             input embeddings and layer-pooled hidden states. Defaults to a quarter of the Pilot's layers, at least 2.
@@ -80,9 +80,9 @@ class CopilotConfig(PeftConfig):
             Token indices whose embeddings train (read and written by TRL's `SFTTrainer` for added chat tokens).
     """
 
-    copilot_loss: Literal["fused_ce", "rmse", "mse"] = field(
-        default="fused_ce",
-        metadata={"help": "Copilot objective: 'fused_ce' (default), or the paper's 'rmse' (Eq. 7) or 'mse'."},
+    copilot_loss: Literal["fused_ce", "rmse", "mse"] | None = field(
+        default=None,
+        metadata={"help": "Copilot objective: 'fused_ce' (the default), or the paper's 'rmse' (Eq. 7), or 'mse'."},
     )
     num_layers: int | None = field(
         default=None, metadata={"help": "Copilot depth; defaults to a quarter of the Pilot's layers (at least 2)."}
@@ -145,8 +145,15 @@ class CopilotConfig(PeftConfig):
         self.peft_type = PeftType.COPILOT
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
+        if self.copilot_loss is None:
+            # Saved adapters carry `copilot_architecture`; one without `copilot_loss` predates the field, when every
+            # Copilot was trained by regression onto ℓ.
+            self.copilot_loss = "rmse" if self.copilot_architecture is not None else "fused_ce"
         if self.copilot_loss not in COPILOT_LOSSES:
             raise ValueError(f"CopilotConfig.copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
+        for name in OBJECTIVE_DEFAULTS[self.copilot_loss]:
+            if getattr(self, name) is None:  # left unset while the objective was not known yet
+                setattr(self, name, None)
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
             raise ValueError(f"CopilotConfig.num_layers must be an integer >= 1, got {self.num_layers!r}.")
         if self.init not in COPILOT_INITS:

@@ -278,7 +278,8 @@ def test_the_log_rebuilds_the_dense_loss_when_it_keeps_the_whole_vocabulary(loss
 
 def test_the_trainers_loss_override_is_recorded_in_the_adapter(tmp_path):
     model = get_peft_model(pilot(), CopilotConfig())
-    train(model, copilot_args(tmp_path, max_steps=1, copilot_loss="rmse"))
+    with pytest.warns(UserWarning, match="fusion_mode='logit' and inference_feed='pilot_error' are kept"):
+        train(model, copilot_args(tmp_path, max_steps=1, copilot_loss="rmse"))
     assert model.peft_config["default"].copilot_loss == "rmse"
     with pytest.raises(ValueError, match="copilot_loss must be one of"):
         copilot_args(tmp_path, copilot_loss="l1")

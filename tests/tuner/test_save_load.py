@@ -172,3 +172,15 @@ def test_qlora_pilot_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(load_quantized(), tmp_path / "adapter").eval()
     torch.testing.assert_close(loaded(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+def test_an_adapter_saved_before_copilot_loss_existed_loads_as_the_paper_objective(tmp_path):
+    """Every Copilot saved before the field existed was trained by regression onto ℓ; it must not be relabelled
+    (further training would switch its loss) and keeps its saved fusion."""
+    trained_looking_copilot(tiny_pilot(), copilot_loss="rmse").save_pretrained(tmp_path)
+    config_path = tmp_path / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["copilot_loss"]
+    config_path.write_text(json.dumps(saved))
+    config = PeftModel.from_pretrained(tiny_pilot(), tmp_path).peft_config["default"]
+    assert (config.copilot_loss, config.fusion_mode, config.inference_feed) == ("rmse", "prob", "copilot")
