@@ -392,6 +392,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
 def format_table(results: dict) -> str:
     low, high = results["ci95_points"]
+    skill = results["copilot_skill_test"]
     rows = [
         ("Pilot alone, test accuracy", f"{100 * results['pilot_accuracy']:.1f}%"),
         (f"Pilot + Copilot (λ={results['chosen_lambda']}), test accuracy", f"{100 * results['fused_accuracy']:.1f}%"),
@@ -401,9 +402,10 @@ def format_table(results: dict) -> str:
             "held-out cross-entropy, Pilot → fused (λ = 1, logit)",
             f"{results['copilot_ce_skill_test']['pilot_ce']:.3f} → {results['copilot_ce_skill_test']['fused_ce']:.3f}",
         ),
-        (
-            "Copilot RMSE skill vs ℓ, held-out (train)",
-            f"{results['copilot_skill_test']:+.3f} ({results['copilot_skill_train']:+.3f})",
+        *(
+            [("Copilot RMSE skill vs ℓ, held-out (train)", f"{skill:+.3f} ({results['copilot_skill_train']:+.3f})")]
+            if results["settings"]["copilot_loss"] != "fused_ce"  # regression skill means nothing for a log-odds f
+            else []
         ),
         ("training step time vs plain SFTTrainer", f"{results['training_step_ratio']:.2f}×"),
         ("generation tokens/s, fused vs Pilot", f"{results['tokens_per_second_ratio']:.2f}×"),
@@ -435,7 +437,7 @@ def plot_results(results: dict, path: Path) -> None:
     bars.bar(["Pilot alone", "Pilot + Copilot"], values, color=["#888888", "#1f77b4"])
     for x, value in enumerate(values):
         bars.text(x, value, f"{value:.1f}%", ha="center", va="bottom")
-    bars.set_ylabel("test exact match (%)")
+    bars.set_ylabel("test answer accuracy (%)")
     low, high = results["ci95_points"]
     bars.set_title(f"gain {results['gain_points']:+.1f} points [{low:+.1f}, {high:+.1f}]")
     figure.tight_layout()
