@@ -499,6 +499,7 @@ def main() -> None:
         help="Arms run on the small Pilot besides (a), (b) and (b′).",
     )
     parser.add_argument("--resume", action="store_true", help="Keep the finished blocks of an interrupted run.")
+    parser.add_argument("--render-only", action="store_true", help="Rewrite the output from the saved blocks only.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
@@ -515,9 +516,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     # Finished (Pilot, task) blocks are kept in the workdir as they complete: --resume skips them after a crash.
     partial = args.workdir / "partial.json"
-    results = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    if args.render_only and not partial.exists():
+        sys.exit(f"--render-only needs the saved blocks of a run, {partial}, which does not exist.")
+    results = json.loads(partial.read_text()) if (args.resume or args.render_only) and partial.exists() else {}
     previous_seconds = results.pop("seconds", 0.0)
-    for name in args.pilots:
+    for name in [] if args.render_only else args.pilots:
         arms = set(args.base_pilot_arms) if name == "base" else set(args.small_pilot_arms)
         for task in args.tasks:
             key = f"{name}/{task}"
@@ -559,7 +562,7 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         "for the paper's objective) chosen on validation. Pilots: "
         + "; ".join(
             f"{name} ({_parameters(PILOTS[name]) / 1e3:.0f}k parameters, `{PILOTS[name].relative_to(HERE.parent)}`)"
-            for name in args.pilots
+            for name in dict.fromkeys(key.split("/")[0] for key in results)
         )
         + ".",
         "",
@@ -567,7 +570,43 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
     for key, runs in results.items():
         name, task = key.split("/")
         lines += task_table(f"{name} Pilot, task `{task}`", runs, seeds)
-    return lines + cost_lines(results, list(results))
+    return lines + targets_lines(results, seeds) + cost_lines(results, list(results))
+
+
+def targets_lines(results: dict, seeds: list[str]) -> list[str]:
+    """The default Copilot against the targets of the issue that set it: ≥ +3 points with every seed positive, at
+    least the logit ensemble (f), and ≥ 70 % of its gain kept on a sibling Pilot (g)."""
+    lines = [
+        "### The default Copilot against its targets",
+        "",
+        "| block | (b) gain (points) | ≥ +3 with every seed positive | (b) − (f) ensemble (points) "
+        "| (g) gain kept on a sibling |",
+        "|---|---|---|---|---|",
+    ]
+    for key, runs in results.items():
+        gains = [
+            paired_gain(runs[s]["default"]["pilot"], runs[s]["default"]["feeds"]["pilot_error"]["fused"])[
+                "gain_points"
+            ]
+            for s in seeds
+        ]
+        met = statistics.mean(gains) >= 3 and all(g > 0 for g in gains)
+        versus = "–"
+        if all("ensemble" in runs[s] for s in seeds):
+            ensemble = [paired_gain(runs[s]["default"]["pilot"], runs[s]["ensemble"])["gain_points"] for s in seeds]
+            versus = f"{statistics.mean(gains) - statistics.mean(ensemble):+.1f}"
+        kept = "–"
+        if all("transfer_arm" in runs[s] for s in seeds):
+            transfer = [
+                paired_gain(runs[s]["transfer_arm"]["transfer_sibling_pilot"], runs[s]["transfer_arm"]["transfer"])
+                for s in seeds
+            ]
+            kept = f"{statistics.mean(t['gain_points'] for t in transfer) / statistics.mean(gains):.0%}"
+        lines.append(
+            f"| {key} | {statistics.mean(gains):+.1f} ({', '.join(f'{g:+.1f}' for g in gains)}) | "
+            f"{'yes' if met else 'no'} | {versus} | {kept} |"
+        )
+    return [*lines, ""]
 
 
 def _parameters(pilot_dir: Path) -> int:
