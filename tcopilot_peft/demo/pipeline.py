@@ -305,15 +305,9 @@ def choose_lambda(model, tokenizer, validation: list[dict], settings: DemoSettin
 # ---------------------------------------------------------------------- the pipeline
 
 
-def run_demo(settings: DemoSettings) -> dict:
-    output_dir = Path(settings.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    torch.manual_seed(settings.seed)
-    splits = load_splits(settings)
-    say(f"data: {len(splits['train'])} train / {len(splits['validation'])} validation / {len(splits['test'])} test")
+def pilot_and_copilot(settings: DemoSettings):
+    """The LoRA Pilot with the demo's Copilot; returns the model, its tokenizer and both parameter counts."""
     pilot, tokenizer = load_pilot_with_lora(settings)
-    settings.max_new_tokens = settings.max_new_tokens or generation_budget(tokenizer, splits["train"])
     copilot = CopilotConfig(
         num_layers=settings.copilot_layers, copilot_loss=settings.copilot_loss, fusion_mode=settings.fusion_mode
     )
@@ -324,6 +318,18 @@ def run_demo(settings: DemoSettings) -> dict:
         f"Pilot {pilot_params / 1e6:.2f}M parameters with LoRA r={settings.lora_r}; "
         f"Copilot {copilot_params / 1e6:.2f}M"
     )
+    return model, tokenizer, pilot_params, copilot_params
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    output_dir = Path(settings.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    splits = load_splits(settings)
+    say(f"data: {len(splits['train'])} train / {len(splits['validation'])} validation / {len(splits['test'])} test")
+    model, tokenizer, pilot_params, copilot_params = pilot_and_copilot(settings)
+    settings.max_new_tokens = settings.max_new_tokens or generation_budget(tokenizer, splits["train"])
 
     say("fine-tuning the Pilot with the Copilot (Algorithm 1)")
     trainer, timer = fine_tune(model, tokenizer, splits["train"], settings, output_dir / "checkpoints")
