@@ -422,7 +422,6 @@ class CopilotModel(BaseTuner):
         This mirrors the Pilot's own causal-LM forward (decoder → LM head on the kept positions → loss), which is the
         same for every supported family, so the Pilot's logits and loss are exactly its own.
         """
-        config = self.active_config
         keep_hidden = kw.pop("output_hidden_states", False)
         decoder_out = self.model.model(
             input_ids=input_ids,
@@ -439,54 +438,18 @@ class CopilotModel(BaseTuner):
         key_valid = _key_valid(attention_mask, batch, past + length, memory_x.device)
         hidden = decoder_out.last_hidden_state
 
-        loss = copilot_loss_value = None
         if labels is not None:
             if past:
                 raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-            targets = shift_targets(labels)
-            if teacher_forcing:
-                self._warn_once_pilot_loss()
-                pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
-                loss = self.model.loss_function(
-                    logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw
-                )
-                prediction = PilotPrediction.from_logits(pilot_logits)
-                correction, copilot_loss_value = self.copilot_teacher_forced(
-                    memory_x, memory_h, key_valid, targets, prediction, full_correction=True
-                )
-            else:
-                # The trainer's step: like TRL's own loss, the LM head runs only where there is a target, and the
-                # Copilot is left to the trainer (it learns from the Mistake Log). `pilot_logits` is then packed:
-                # one row per target position, row-major.
-                valid = targets != IGNORE_INDEX
-                pilot_logits = self.model.lm_head(hidden[valid])
-                loss = _cross_entropy(pilot_logits, targets[valid], kw.get("num_items_in_batch"))
-                correction = None
-        else:
-            if prompt_length is None:
-                prompt_length = self._generation_prompt_length
-            feed_pilot_error = config.inference_feed == "pilot_error"
-            # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
-            pilot_logits = self.model.lm_head(hidden) if feed_pilot_error else None
-            u = self._copilot_inference(
-                memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
+            pilot_logits, correction, loss, copilot_loss_value = self._labelled_outputs(
+                hidden, memory_x, memory_h, key_valid, labels, logits_to_keep, teacher_forcing, kw
             )
-            hidden_kept, u_kept = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-            if feed_pilot_error:
-                pilot_logits = _keep_positions(pilot_logits, logits_to_keep)
-                correction = self.copilot_head(u_kept)
-            elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
-                head = self.model.lm_head
-                fused = head(hidden_kept + config.fusion_lambda * u_kept.to(hidden_kept.dtype))
-                pilot_logits = correction = None
-            else:
-                pilot_logits, correction = self._logits_and_correction(hidden_kept, u_kept)
-        if pilot_logits is None:
-            pass  # fused in hidden space above
-        elif correction is None:
-            fused = pilot_logits
+            fused = self._fuse(pilot_logits, correction)
         else:
-            fused = fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
+            loss = copilot_loss_value = None
+            fused, pilot_logits, correction = self._inference_outputs(
+                hidden, memory_x, memory_h, key_valid, logits_to_keep, prompt_length, cache, slots, past, components
+            )
         return CopilotCausalLMOutput(
             loss=loss,
             logits=fused,
@@ -499,6 +462,57 @@ class CopilotModel(BaseTuner):
             copilot_memory_x=memory_x if labels is not None else None,
             copilot_memory_h=memory_h if labels is not None else None,
         )
+
+    def _labelled_outputs(self, hidden, memory_x, memory_h, key_valid, labels, logits_to_keep, teacher_forcing, kw):
+        """With labels: (Pilot logits, correction, the Pilot's loss, the Copilot's loss).
+
+        Teacher-forced (evaluation, custom loops) the Copilot runs on the true errors. In the trainer's step
+        (`teacher_forcing=False`) the LM head runs only where there is a target, like TRL's own loss, and the Copilot
+        is left to the trainer (it learns from the Mistake Log); the Pilot's logits are then packed, one row per
+        target position, row-major, and there is no correction.
+        """
+        targets = shift_targets(labels)
+        if not teacher_forcing:
+            valid = targets != IGNORE_INDEX
+            pilot_logits = self.model.lm_head(hidden[valid])
+            loss = _cross_entropy(pilot_logits, targets[valid], kw.get("num_items_in_batch"))
+            return pilot_logits, None, loss, None
+        self._warn_once_pilot_loss()
+        pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
+        loss = self.model.loss_function(logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw)
+        correction, copilot_loss_value = self.copilot_teacher_forced(
+            memory_x, memory_h, key_valid, targets, PilotPrediction.from_logits(pilot_logits), full_correction=True
+        )
+        return pilot_logits, correction, loss, copilot_loss_value
+
+    def _inference_outputs(
+        self, hidden, memory_x, memory_h, key_valid, logits_to_keep, prompt_length, cache, slots, past, components
+    ):
+        """Without labels (Algorithm 2): (fused logits, Pilot logits, correction) at the kept positions; the last two
+        are None when logit fusion runs in hidden space, W(h + λu), one LM-head pass (`components=False`)."""
+        config = self.active_config
+        if prompt_length is None:
+            prompt_length = self._generation_prompt_length
+        feed_pilot_error = config.inference_feed == "pilot_error"
+        # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
+        pilot_logits = self.model.lm_head(hidden) if feed_pilot_error else None
+        u = self._copilot_inference(
+            memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
+        )
+        hidden_kept, u_kept = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
+        if feed_pilot_error:
+            pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_head(u_kept)
+        elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
+            return self.model.lm_head(hidden_kept + config.fusion_lambda * u_kept.to(hidden_kept.dtype)), None, None
+        else:
+            pilot_logits, correction = self._logits_and_correction(hidden_kept, u_kept)
+        return self._fuse(pilot_logits, correction), pilot_logits, correction
+
+    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor | None) -> torch.Tensor:
+        if correction is None:
+            return pilot_logits
+        config = self.active_config
+        return fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
 
     def _warn_once_pilot_loss(self) -> None:
         # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
@@ -635,10 +649,6 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_bat
     if num_items_in_batch is None:
         return total / max(targets.numel(), 1)
     return total / torch.as_tensor(num_items_in_batch, device=total.device)
-
-
-def _first(slots: tuple[int, int] | None) -> int:
-    return slots[0] if slots is not None else 0
 
 
 def _key_valid(attention_mask, batch: int, total: int, device) -> torch.Tensor:
