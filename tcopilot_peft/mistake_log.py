@@ -124,15 +124,13 @@ class MistakeLog:
             input_ids, attention_mask, targets: `(B, T)`; `targets[:, t]` is the token after position t or -100.
             hidden: `(B, T, d)` layer-pooled Pilot states.
             target_logits: the Pilot's logits at the target positions (`targets != -100`), packed row-major as
-                `(N, V)`, or per position as `(B, T, V)`. Only their top-k probabilities are kept.
+                `(N, V)` (`CopilotCausalLMOutput.pilot_target_logits`). Only their top-k probabilities are kept.
 
         Returns:
             The rows that were logged (possibly fewer than B).
         """
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         has_target = targets != IGNORE_INDEX
-        if target_logits.dim() == 3:
-            target_logits = target_logits[has_target]
         per_row = target_logits.split(has_target.sum(1).tolist())
         rows = []
         for b in range(input_ids.shape[0]):

@@ -14,7 +14,7 @@ def round_inputs(batch=3, length=6, vocab=50, width=8, seed=0):
     targets[:, -1] = -100
     hidden = torch.randn(batch, length, width, generator=g)
     logits = torch.randn(batch, length, vocab, generator=g)
-    return ids, mask, targets, hidden, logits
+    return ids, mask, targets, hidden, logits[targets != -100]  # packed at the target positions, row-major
 
 
 def test_append_drops_padding_and_keeps_only_top_k_at_target_positions():
@@ -25,9 +25,10 @@ def test_append_drops_padding_and_keeps_only_top_k_at_target_positions():
     assert rows[0].input_ids.tolist() == ids[0, 2:].tolist()
     assert rows[1].topk_probs.shape == (2, 4)  # 2 target positions, k = 4
     assert rows[1].hidden.dtype == torch.bfloat16 and rows[1].topk_probs.dtype == torch.float16
-    expected = torch.softmax(logits[1, 3:5], -1).topk(4, -1)
+    row_1 = logits[2:4]  # row 0's two targets come first in the packed logits
+    expected = torch.softmax(row_1, -1).topk(4, -1)
     torch.testing.assert_close(rows[1].topk_probs.float(), expected.values, atol=1e-3, rtol=1e-3)
-    gold = torch.log_softmax(logits[1, 3:5], -1).gather(-1, targets[1, 3:5, None]).squeeze(-1)
+    gold = torch.log_softmax(row_1, -1).gather(-1, targets[1, 3:5, None]).squeeze(-1)
     torch.testing.assert_close(rows[1].gold_log_probs, gold)  # the fused cross-entropy needs log p̂ of the gold token
     assert log.total_bytes == sum(r.nbytes for r in rows)
     assert log.bytes_per_token == log.total_bytes / (4 + 6 + 6)
@@ -66,7 +67,7 @@ def test_non_finite_rows_never_enter_the_buffer():
     log = MistakeLog()
     ids, mask, targets, hidden, logits = round_inputs()
     hidden[1, 4, 0] = float("nan")
-    logits[2, 3, 5] = float("inf")
+    logits[4, 5] = float("inf")  # row 2's first target position (rows 0 and 1 have two each)
     rows = log.append(ids, mask, targets, hidden, logits)
     assert len(rows) == 1
 

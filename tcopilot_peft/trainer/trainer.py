@@ -6,12 +6,12 @@ Each micro-batch:
    optimiser steps as in any `SFTTrainer` run;
 2. a Mistake Log append of that forward (taken before the Pilot's update), or, with `copilot_holdout_fraction`, of
    the Pilot's forward on a batch of withheld data it never trains on;
-3. a Copilot update on rows drawn from the log, with the Copilot's own AdamW and schedule, outside the Pilot's
-   optimiser and outside DDP's gradient hooks (gradients come from `torch.autograd.grad` into the trainer's own
-   buffers and are averaged across processes explicitly). No gradient of the Copilot's loss reaches the Pilot: its
-   inputs are detached and the Pilot's embedding and LM head enter it as constants.
+3. a Copilot update on rows drawn from the log, by a `CopilotUpdater` (its own AdamW and schedule, outside the
+   Pilot's optimiser and DDP's gradient hooks). No gradient of the Copilot's loss reaches the Pilot: its inputs are
+   detached and the Pilot's embedding and LM head enter it as constants.
 
-The shape follows TRL's `GKDTrainer(SFTTrainer)`: a trainer that owns a second model's update.
+The trainer itself only wires these into `SFTTrainer`'s hooks (`training_step`, `create_optimizer`, `log`, checkpoint
+saving and loading).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import warnings
 from collections import defaultdict
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -27,13 +28,13 @@ from datasets import Dataset
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
-from transformers import get_scheduler
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
-from ..fusion import PilotPrediction, shift_targets
+from ..fusion import IGNORE_INDEX, PilotPrediction, shift_targets
 from ..mistake_log import MistakeLog
 from ..tuner import CopilotConfig, CopilotModel
 from .config import CopilotSFTConfig
+from .updater import CopilotUpdater
 
 
 COPILOT_STATE_NAME = "copilot_trainer_state.pt"
@@ -46,15 +47,29 @@ class CopilotSFTTrainer(SFTTrainer):
     """Supervised fine-tuning of a Pilot with a Transformer Copilot learning from its Mistake Log.
 
     Args:
-        model: a `get_peft_model(pilot, CopilotConfig(...))` model, or a Pilot (name, path or model) together with
+        model (`PeftModel`, `PreTrainedModel` or `str`):
+            A `get_peft_model(pilot, CopilotConfig(...))` model, or a Pilot (name, path or model) together with
             `peft_config=CopilotConfig(...)`.
-        args (`CopilotSFTConfig`): training arguments; a plain `SFTConfig` is upgraded with the Copilot defaults.
-        Everything else is as for `trl.SFTTrainer`.
+        args (`CopilotSFTConfig` or `SFTConfig`, *optional*):
+            Training arguments. A plain `SFTConfig` keeps its values and takes the Copilot's defaults for the rest;
+            unset, `CopilotSFTConfig(output_dir="copilot-sft")`.
+        peft_config (`CopilotConfig`, *optional*):
+            The Copilot to create on a plain Pilot `model`.
+        *pargs, **kwargs:
+            Everything else is as for `trl.SFTTrainer` (`train_dataset`, `eval_dataset`, `processing_class`,
+            `callbacks`, ...).
     """
 
     _tag_names = ["trl", "sft", "transformer-copilot"]
 
-    def __init__(self, model=None, args: CopilotSFTConfig | None = None, *pargs, peft_config=None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: CopilotSFTConfig | SFTConfig | None = None,
+        *pargs,
+        peft_config: CopilotConfig | None = None,
+        **kwargs,
+    ):
         args = _as_copilot_config(args)
         _refuse_unsupported_options(args)
         for split in ("train_dataset", "eval_dataset"):
@@ -77,9 +92,7 @@ class CopilotSFTTrainer(SFTTrainer):
         )
         self.copilot_holdout = self._withhold_from_pilot(self.args.copilot_holdout_fraction)
         self._holdout_draws = 0
-        self.copilot_optimizer: torch.optim.Optimizer | None = None
-        self.copilot_scheduler = None
-        self._copilot_grads: list[torch.Tensor] | None = None
+        self.copilot_updater: CopilotUpdater | None = None
         self._captured: tuple[dict, Any] | None = None
         self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
 
@@ -102,28 +115,19 @@ class CopilotSFTTrainer(SFTTrainer):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         super().create_optimizer_and_scheduler(num_training_steps)
-        self._create_copilot_optimizer(num_training_steps)
+        self._create_copilot_updater(num_training_steps)
 
-    def _create_copilot_optimizer(self, num_training_steps: int) -> None:
-        params = self.copilot_parameters()
-        for p in params:
-            p.requires_grad_(True)
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.copilot_optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.args.copilot_weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.args.copilot_learning_rate,
-        )
-        self.copilot_scheduler = get_scheduler(
-            self.args.copilot_lr_scheduler_type,
-            self.copilot_optimizer,
-            num_warmup_steps=self.args.copilot_warmup_steps,
+    def _create_copilot_updater(self, num_training_steps: int) -> None:
+        self.copilot_updater = CopilotUpdater(
+            self.copilot_parameters(),
+            learning_rate=self.args.copilot_learning_rate,
+            weight_decay=self.args.copilot_weight_decay,
+            scheduler_type=self.args.copilot_lr_scheduler_type,
+            warmup_steps=self.args.copilot_warmup_steps,
             num_training_steps=num_training_steps,
+            max_grad_norm=self.args.copilot_max_grad_norm,
+            num_processes=self.accelerator.num_processes,
         )
-        self._copilot_grads = [torch.zeros_like(p) for p in params]
 
     # ------------------------------------------------------------------ the step
 
@@ -136,11 +140,9 @@ class CopilotSFTTrainer(SFTTrainer):
         loss = outputs.loss
         mode = "train" if training else "eval"
         targets = shift_targets(inputs["labels"])
-        valid = targets != -100
+        valid = targets != IGNORE_INDEX
         with torch.no_grad():
-            # In training the Pilot's logits come packed at the target positions (see CopilotModel.forward).
-            logits = outputs.pilot_logits if training else outputs.pilot_logits[valid]
-            correct = (logits.argmax(-1) == targets[valid]).sum()
+            correct = (outputs.pilot_target_logits.argmax(-1) == targets[valid]).sum()
             count = self.accelerator.gather_for_metrics(valid.sum()).sum()
             accuracy = self.accelerator.gather_for_metrics(correct).sum() / count.clamp_min(1)
         self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
@@ -153,8 +155,8 @@ class CopilotSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.copilot_optimizer is None:
-            self._create_copilot_optimizer(self.state.max_steps)
+        if self.copilot_updater is None:
+            self._create_copilot_updater(self.state.max_steps)
         if self.pilot_training == "none":
             # A Copilot-only phase: the Pilot is a fixed, frozen teacher of mistakes.
             model.train()
@@ -183,7 +185,11 @@ class CopilotSFTTrainer(SFTTrainer):
         targets = shift_targets(inputs["labels"])
         attention_mask = inputs.get("attention_mask")
         self.mistake_log.append(
-            inputs["input_ids"], attention_mask, targets, outputs.copilot_memory_h, outputs.pilot_logits.detach()
+            inputs["input_ids"],
+            attention_mask,
+            targets,
+            outputs.copilot_memory_h,
+            outputs.pilot_target_logits.detach(),
         )
         policy = self.args.mistake_log_sampling
         with torch.enable_grad():
@@ -194,38 +200,20 @@ class CopilotSFTTrainer(SFTTrainer):
                     outputs.copilot_memory_h,
                     key_valid,
                     targets,
-                    PilotPrediction.from_logits(outputs.pilot_logits),
+                    PilotPrediction.from_logits(outputs.pilot_target_logits),
                 )
             else:
                 size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
                 copilot_loss = tuner.copilot_replay(self.mistake_log.sample(size, policy))
-            params = self.copilot_parameters()
-            scale = 1.0 / self.current_gradient_accumulation_steps
-            grads = torch.autograd.grad(copilot_loss * scale, params, allow_unused=True)
-        for buffer, grad in zip(self._copilot_grads, grads):
-            if grad is not None:
-                buffer.add_(grad)
+            self.copilot_updater.accumulate(copilot_loss, scale=1.0 / self.current_gradient_accumulation_steps)
         self._copilot_metrics["copilot_loss"].append(copilot_loss.detach().item())
         self._maybe_step_copilot()
 
     def _maybe_step_copilot(self) -> None:
-        if not self.accelerator.sync_gradients:
-            return
-        params = self.copilot_parameters()
-        if self.accelerator.num_processes > 1:
-            for buffer in self._copilot_grads:
-                torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
-                buffer.div_(self.accelerator.num_processes)
-        for p, buffer in zip(params, self._copilot_grads):
-            p.grad = buffer
-        if self.args.copilot_max_grad_norm:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.args.copilot_max_grad_norm)
-            self._copilot_metrics["copilot_grad_norm"].append(float(norm))
-        self.copilot_optimizer.step()
-        self.copilot_scheduler.step()
-        for p, buffer in zip(params, self._copilot_grads):
-            p.grad = None
-            buffer.zero_()
+        if self.accelerator.sync_gradients:  # the Pilot's optimiser steps now: so does the Copilot's
+            norm = self.copilot_updater.step()
+            if norm is not None:
+                self._copilot_metrics["copilot_grad_norm"].append(norm)
 
     # ------------------------------------------------------------------ out-of-sample mistakes
 
@@ -275,7 +263,7 @@ class CopilotSFTTrainer(SFTTrainer):
             for key, values in self._copilot_metrics.items():
                 logs[key] = sum(values) / len(values) if key != "copilot_skipped_steps" else sum(values)
             self._copilot_metrics.clear()
-            logs["copilot_learning_rate"] = self.copilot_scheduler.get_last_lr()[0] if self.copilot_scheduler else 0.0
+            logs["copilot_learning_rate"] = self.copilot_updater.learning_rate if self.copilot_updater else 0.0
             logs["mistake_log_rows"] = len(self.mistake_log)
             logs["mistake_log_bytes"] = self.mistake_log.total_bytes
             logs["mistake_log_bytes_per_token"] = self.mistake_log.bytes_per_token
@@ -287,10 +275,9 @@ class CopilotSFTTrainer(SFTTrainer):
         super()._save_optimizer_and_scheduler(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         rank = self.args.process_index
-        if self.copilot_optimizer is not None and self.args.should_save:
+        if self.copilot_updater is not None and self.args.should_save:
             state = {
-                "optimizer": self.copilot_optimizer.state_dict(),
-                "scheduler": self.copilot_scheduler.state_dict(),
+                **self.copilot_updater.state_dict(),
                 "holdout_draws": self._holdout_draws,
                 "holdout_rows": len(self.copilot_holdout) if self.copilot_holdout is not None else 0,
             }
@@ -305,13 +292,12 @@ class CopilotSFTTrainer(SFTTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        if self.copilot_optimizer is None:
-            self._create_copilot_optimizer(self.state.max_steps)
+        if self.copilot_updater is None:
+            self._create_copilot_updater(self.state.max_steps)
         state_path = os.path.join(checkpoint, COPILOT_STATE_NAME)
         if os.path.exists(state_path):
             state = torch.load(state_path, map_location="cpu", weights_only=True)
-            self.copilot_optimizer.load_state_dict(state["optimizer"])
-            self.copilot_scheduler.load_state_dict(state["scheduler"])
+            self.copilot_updater.load_state_dict(state)
             rows = len(self.copilot_holdout) if self.copilot_holdout is not None else 0
             if state.get("holdout_rows", 0) != rows:
                 raise ValueError(
@@ -352,11 +338,16 @@ class CopilotSFTTrainer(SFTTrainer):
 
 
 def _as_copilot_config(args) -> CopilotSFTConfig:
+    """`args` as a `CopilotSFTConfig`: a plain `SFTConfig`'s values with the Copilot's defaults for the rest."""
     if args is None:
         return CopilotSFTConfig(output_dir="copilot-sft")
     if isinstance(args, CopilotSFTConfig):
         return args
-    raise TypeError(f"CopilotSFTTrainer needs a CopilotSFTConfig as `args`, got {type(args).__name__}.")
+    if isinstance(args, SFTConfig):
+        return CopilotSFTConfig(**{f.name: getattr(args, f.name) for f in fields(SFTConfig) if f.init})
+    raise TypeError(
+        f"CopilotSFTTrainer needs a CopilotSFTConfig (or an SFTConfig) as `args`, got {type(args).__name__}."
+    )
 
 
 def _override_objective(config: CopilotConfig, loss: str) -> None:

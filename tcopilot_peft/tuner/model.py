@@ -1,30 +1,29 @@
 """`CopilotModel`: the PEFT tuner that wraps a Pilot with a Transformer Copilot and fuses its corrections.
 
-The tuner does not inject layers into the Pilot. It owns the Copilot network (`copilot_model[adapter_name]`) and
-overrides `forward` and `generate`: the Pilot runs as usual (with `output_hidden_states=True`), the Copilot reads the
-Pilot's embeddings, layer-pooled hidden states and errors, and its correction is fused into the returned logits.
-Fusion therefore lives in the forward pass, so every `generate()` strategy and every logits reader (lm-eval's
+The tuner does not inject layers into the Pilot. It owns the Copilot networks (in a `CopilotLayer`) and overrides
+`forward` and `generate`: the Pilot's decoder runs as usual (with `output_hidden_states=True`), the Copilot reads the
+Pilot's embeddings, layer-pooled hidden states and errors (`layer.py`), and its correction is fused into the returned
+logits. Fusion therefore lives in the forward pass, so every `generate()` strategy and every logits reader (lm-eval's
 log-likelihood scoring) sees fused logits.
 
-What the Copilot reads at position t (its input is the Pilot's error at position t − 1, the paper's shifted ℓ_{<i}):
+`forward` has three modes, one method each:
 
-* with `labels` (teacher forcing, training): ℓ_{t−1} = onehot(y_{t−1}) − p̂_{t−1} where that target exists, else 0;
-* without labels (inference): 0 on prompt positions (the paper's Copilot only runs over the response), and on
-  generated positions either its own previous output f_{t−1} (Algorithm 2, `inference_feed="copilot"`) or
-  onehot(ŷ_{t−1}) − p̂_{t−1} for the token actually generated (`inference_feed="pilot_error"`).
+* `labels` given, `copilot_teacher_forcing=True` (evaluation, custom loops): the Copilot runs teacher-forced on the
+  Pilot's true errors; the output has fused logits and the Copilot's loss;
+* `labels` given, `copilot_teacher_forcing=False` (`CopilotSFTTrainer`'s step): the Pilot's loss and, packed at the
+  target positions, its logits (`pilot_target_logits`); the Copilot is left to the trainer;
+* no labels (inference, Algorithm 2): the Copilot reads 0 on prompt positions and the error of the token actually
+  generated (or its own previous output) on generated ones. Inside `generate()` the prompt is the input given to
+  `generate`. A plain forward treats its whole input as prompt (its last position gives exactly what generation uses
+  for the first new token); to score a given continuation with fused logits, pass `copilot_prompt_length` (an int,
+  or one length per row) and the positions from there on are treated as generated.
 
-Inside `generate()` the prompt is the input given to `generate`. A plain forward without labels treats its whole input
-as prompt (so its last position gives exactly what generation uses for the first new token); to score a given
-continuation with fused logits, pass `copilot_prompt_length` (an int, or one length per row) and the positions from
-there on are treated as generated.
-
-The Copilot's KV cache lives in extra layer slots of the Pilot's own `Cache` (after the Pilot's layers), so
-generate's beam reordering, batch expansion and cropping apply to both for free.
+The Copilot's KV cache lives in extra layer slots of the Pilot's own `Cache` (`cache.py`), so generate's beam
+reordering, batch expansion and cropping apply to both for free.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import warnings
 from contextlib import contextmanager
@@ -35,17 +34,17 @@ import torch
 from peft import LoraConfig, PeftModel, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils import PeftType
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding, fuse_logits, shift_targets
+from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets
+from .cache import CopilotCacheView
 from .config import CopilotConfig
-from .network import CopilotNetwork, CopilotNetworkConfig
+from .layer import CopilotLayer
+from .network import CopilotNetwork
+from .pilot import build_copilot, check_pilot, pilot_signature, unwrap_lora_pilot
 
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # The Copilot is a separate network reading the Pilot's states and errors; there is no weight delta to fold in.
 _CANNOT_MERGE = "A Copilot cannot be merged into the Pilot's weights; use `unload()` to get the Pilot back."
 _PILOT_LOSS_WARNING = (
@@ -63,34 +62,23 @@ class CopilotCausalLMOutput(CausalLMOutputWithPast):
 
     Args:
         loss: the Pilot's own cross-entropy (when `labels` were given); no gradient from it reaches the Copilot.
-        logits: fused logits.
-        pilot_logits: the Pilot's logits.
+        logits: fused logits (None in the trainer's step, which has no correction).
+        pilot_logits: the Pilot's logits (None in the trainer's step, and when `generate()` fuses in hidden space).
+        pilot_target_logits: with `labels`, the Pilot's logits at the target positions only (`labels[:, t + 1] !=
+            -100`), packed row-major as `(N, |V|)`: what the trainer's accuracy and the Mistake Log read.
         copilot_logits: the Copilot's correction f.
-        copilot_loss: the Copilot's training loss, its config's `copilot_loss` (when `labels` were given; no gradient
-            reaches the Pilot).
-        copilot_memory_x, copilot_memory_h: detached X̃ and layer-pooled Pilot states, the Mistake Log's inputs.
+        copilot_loss: the Copilot's training loss, its config's `copilot_loss` (teacher-forced with `labels`; no
+            gradient reaches the Pilot).
+        copilot_memory_x, copilot_memory_h: with `labels`, detached X̃ and layer-pooled Pilot states, the Mistake
+            Log's inputs.
     """
 
     pilot_logits: torch.Tensor | None = None
+    pilot_target_logits: torch.Tensor | None = None
     copilot_logits: torch.Tensor | None = None
     copilot_loss: torch.Tensor | None = None
     copilot_memory_x: torch.Tensor | None = None
     copilot_memory_h: torch.Tensor | None = None
-
-
-class CopilotLayer(nn.Module, BaseTunerLayer):
-    """Holds the Copilot networks, one per adapter name, so PEFT's adapter bookkeeping (status, enable/disable,
-    `requires_grad` per adapter, state-dict selection) treats the Copilot like any other tuner layer."""
-
-    adapter_layer_names = ("copilot_model",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.copilot_model = nn.ModuleDict()
-
-    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
-        """A no-op: there is no base layer to follow (PEFT's version would recurse looking for one). The tuner, which
-        knows the Pilot, places the Copilot instead (`CopilotModel._move_adapter_to_device_of_base_layer`)."""
 
 
 class CopilotModel(BaseTuner):
@@ -108,18 +96,22 @@ class CopilotModel(BaseTuner):
     def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:
         configs = config if isinstance(config, dict) else {adapter_name: config}
         if isinstance(model, PeftModel):
-            model = _unwrap_lora_pilot(model, configs[adapter_name])
+            model = unwrap_lora_pilot(model, configs[adapter_name])
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ------------------------------------------------------------------ PEFT tuner interface
 
     def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
-        self.copilot_layer = CopilotLayer()
+        self.copilot_layer = CopilotLayer(model)
         self._generation_prompt_length: int | None = None
-        self._gram_cache: tuple[tuple, torch.Tensor] | None = None
         self._warned_pilot_loss = False
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
+        """Where PEFT completes a config from the model: refuse a Pilot this Copilot cannot serve, then record the
+        Pilot's family, vocabulary and width (a saved adapter is checked against them when loaded)."""
+        check_pilot(self.model, peft_config)
+        for field, value in pilot_signature(self.model).items():
+            setattr(peft_config, field, value)
         return peft_config
 
     def _check_target_module_exists(self, peft_config, key: str) -> bool:
@@ -136,20 +128,14 @@ class CopilotModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict=None,
     ) -> None:
-        config: CopilotConfig = self.peft_config[adapter_name]
-        _check_pilot(model, config)
+        """Build the Copilot network beside the Pilot (PEFT's other methods replace Pilot modules here)."""
+        config: CopilotConfig = self._prepare_adapter_config(self.peft_config[adapter_name], model.config.to_dict())
         if config.pilot_lora_config and not any(isinstance(m, LoraLayer) for m in model.modules()):
             # A Copilot saved from a LoRA-tuned Pilot carries that Pilot's LoRA weights; recreate layers to hold them.
             lora_fields = {k: v for k, v in config.pilot_lora_config.items() if k in LoraConfig.__dataclass_fields__}
             lora_fields.pop("peft_type", None)
             inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=adapter_name)
-
-        source = _load_init_source(model, config)
-        architecture = _resolve_architecture(model, config, source)
-        network = CopilotNetwork(architecture)
-        if not config.inference_mode:
-            # When loading a saved adapter the weights are overwritten right after, so copying is skipped.
-            _initialise_from_source(network, model, config, source)
+        network = build_copilot(model, config)
         embedding = model.get_input_embeddings().weight
         # Under PEFT's `low_cpu_mem_usage` the network is built on `meta`: loading then assigns the saved tensors as
         # its weights, and `_move_adapter_to_device_of_base_layer` puts them beside the Pilot.
@@ -159,13 +145,8 @@ class CopilotModel(BaseTuner):
             network.to(dtype=embedding.dtype)
         self.copilot_model[adapter_name] = network
         self.copilot_layer.set_adapter(self.active_adapters)
-
-        text_config = model.config.get_text_config()
-        config.pilot_model_type = text_config.model_type
-        config.pilot_vocab_size = model.get_output_embeddings().weight.shape[0]
-        config.pilot_hidden_size = text_config.hidden_size
-        config.num_layers = architecture.num_layers
-        config.copilot_architecture = architecture.to_dict()
+        config.num_layers = network.config.num_layers
+        config.copilot_architecture = network.config.to_dict()
         self._mark_only_adapters_as_trainable(model)
         if config.inference_mode:
             network.requires_grad_(False)
@@ -241,7 +222,7 @@ class CopilotModel(BaseTuner):
             del self.model.peft_config
         return self.model
 
-    # ------------------------------------------------------------------ small helpers
+    # ------------------------------------------------------------------ the active Copilot
 
     @property
     def active_config(self) -> CopilotConfig:
@@ -258,44 +239,6 @@ class CopilotModel(BaseTuner):
             and self.active_adapter in self.copilot_model
         )
 
-    def _embedding_weight(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight.detach()
-
-    def _head_weight(self) -> torch.Tensor:
-        weight = self.model.get_output_embeddings().weight
-        if not weight.is_floating_point():
-            raise ValueError("The Copilot reuses the Pilot's LM head, which must not be quantized.")
-        return weight.detach()
-
-    def copilot_head(self, u: torch.Tensor) -> torch.Tensor:
-        """The correction f = W_head · u through the Pilot's frozen LM head (no gradient reaches the head)."""
-        weight = self._head_weight()
-        return torch.nn.functional.linear(u.to(weight.dtype), weight).float()
-
-    def _gram(self) -> torch.Tensor:
-        """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""
-        head, embedding = self._head_weight(), self._embedding_weight()
-        key = (head.data_ptr(), head._version, embedding.data_ptr(), embedding._version, head.device)
-        if self._gram_cache is None or self._gram_cache[0] != key:
-            # Built outside inference mode so the cached matrix stays usable by later autograd-tracked calls.
-            with torch.inference_mode(False), torch.no_grad():
-                self._gram_cache = (key, head.float().T @ embedding.float())
-        return self._gram_cache[1]
-
-    def _pilot_memory(self, hidden_states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """X̃ (the embedding output) and the mean over the pooled Pilot layers, each layer RMS-normalised first.
-
-        `hidden_states[0]` is the embedding output; the last entry is post-final-norm while the others are raw
-        residual streams, so every layer is normalised before averaging.
-        """
-        layers = hidden_states[1:]
-        chosen = self.active_config.pooled_layers
-        stacked = torch.stack([layers[i] for i in chosen] if chosen else list(layers)).float()
-        stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return hidden_states[0].detach(), stacked.mean(0).detach()
-
-    # ------------------------------------------------------------------ the Copilot on logged or fresh errors
-
     def copilot_teacher_forced(
         self,
         memory_x: torch.Tensor,
@@ -306,37 +249,20 @@ class CopilotModel(BaseTuner):
         loss_kind: str | None = None,
         full_correction: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the Copilot teacher-forced on the Pilot's errors and return (f, loss).
+        """Run the active Copilot teacher-forced on the Pilot's errors and return (f, loss).
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
-        Mistake Log replay (logged errors, top-k p̂). `targets[:, t]` is the gold token after position t (-100 where
-        there is none); the Copilot's input at t is the error at t − 1. p̂ is given per position or packed at the
-        target positions only (row-major), which is all the loss and the inputs need. `loss_kind` defaults to the
+        Mistake Log replay (logged errors, top-k p̂); see `CopilotLayer.teacher_forced`. `loss_kind` defaults to the
         active adapter's `copilot_loss`.
-
-        Returns:
-            f at the target positions (`(N, |V|)`), or at every position (`(B, T, |V|)`) with `full_correction`;
-            and the loss averaged over target positions.
         """
-        valid = targets != IGNORE_INDEX
-        gold = targets[valid]
-        prediction = prediction.at(valid)
-        errors = torch.zeros(*targets.shape, memory_x.shape[-1], device=memory_x.device)
-        errors[valid] = error_embedding(self._embedding_weight(), gold, prediction)
-        inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
-        u = self.active_network(inputs, memory_x, memory_h, key_valid)
-        if full_correction:
-            correction = self.copilot_head(u)
-            at_targets = correction[valid]
-        else:
-            correction = at_targets = self.copilot_head(u[valid])  # the |V|-sized head only where the loss is
         kind = loss_kind or self.active_config.copilot_loss
-        return correction, copilot_loss(at_targets, gold, prediction, kind=kind)
+        return self.copilot_layer.teacher_forced(
+            memory_x, memory_h, key_valid, targets, prediction, kind, full_correction=full_correction
+        )
 
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:
         """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`); X̃ is re-embedded."""
-        device = self._embedding_weight().device
-        batch = batch.to(device)
+        batch = batch.to(self.copilot_layer.embedding_weight().device)
         with torch.no_grad():
             memory_x = self.model.get_input_embeddings()(batch.input_ids)
         _, loss = self.copilot_teacher_forced(
@@ -363,16 +289,16 @@ class CopilotModel(BaseTuner):
         With `labels`, `loss` is the Pilot's own cross-entropy (on the Pilot's logits, not the fused ones), so a plain
         training loop on it can train the Pilot but never the Copilot; a warning says so once when this happens in
         training mode. The Copilot trains with `CopilotSFTTrainer` (Mistake Log, own optimiser), or in a custom loop
-        on `copilot_loss`, its regression loss against the Pilot's errors.
+        on `copilot_loss`.
 
         Args:
             copilot_prompt_length (`int` or `torch.LongTensor`, *optional*):
                 Without labels: positions from this index on (per row, if a tensor) are treated as generated, so the
-                Copilot reads its own previous outputs there, exactly as during `generate()`. Use it to score a given
-                continuation with fused logits. Unset, the whole input is prompt.
+                Copilot reads there what it reads during `generate()`. Use it to score a given continuation with
+                fused logits. Unset, the whole input is prompt.
             copilot_teacher_forcing (`bool`, defaults to `True`):
-                With labels: run the Copilot teacher-forced on ℓ. `False` returns the Pilot's logits, loss and the
-                Mistake Log inputs only (the trainer then runs the Copilot on entries sampled from the log).
+                With labels: run the Copilot teacher-forced on ℓ. `False` returns the Pilot's loss, its logits at the
+                target positions and the Mistake Log inputs only (the trainer then runs the Copilot on the log).
             copilot_components (`bool`, defaults to `True`):
                 Also return the Pilot's logits and the Copilot's correction separately. `generate()` turns this off:
                 logit-space fusion is linear, z + λ·W·u = W·(h + λ·u), so the fused logits then take one LM-head
@@ -382,7 +308,7 @@ class CopilotModel(BaseTuner):
             if kwargs.get(key) is None:
                 kwargs.pop(key, None)
         if not self._copilot_active():
-            return self._run_pilot(
+            return self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 inputs_embeds=inputs_embeds,
@@ -390,218 +316,125 @@ class CopilotModel(BaseTuner):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-        return self._fused_forward(
-            input_ids,
-            attention_mask,
-            inputs_embeds,
-            labels,
-            logits_to_keep,
-            copilot_prompt_length,
-            copilot_teacher_forcing,
-            copilot_components,
-            **kwargs,
-        )
-
-    def _run_pilot(self, **kwargs):
-        return self.model(**kwargs)
-
-    def _fused_forward(
-        self,
-        input_ids,
-        attention_mask,
-        inputs_embeds,
-        labels,
-        logits_to_keep,
-        prompt_length,
-        teacher_forcing,
-        components,
-        **kw,
-    ):
-        """The Pilot's decoder, the Copilot on its states, then the LM head for both (`_logits_and_correction`).
-
-        This mirrors the Pilot's own causal-LM forward (decoder → LM head on the kept positions → loss), which is the
-        same for every supported family, so the Pilot's logits and loss are exactly its own.
-        """
-        keep_hidden = kw.pop("output_hidden_states", False)
+        keep_hidden = kwargs.pop("output_hidden_states", False)
+        # The Pilot's causal-LM forward is decoder → LM head on the kept positions → loss, the same for every
+        # supported family; it is run in those steps here so the Copilot can read the decoder's states.
         decoder_out = self.model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             output_hidden_states=True,
-            **kw,
+            **kwargs,
         )
-        memory_x, memory_h = self._pilot_memory(decoder_out.hidden_states)
-        batch, length = memory_x.shape[:2]
-        cache = decoder_out.get(_CACHE_FIELD)
-        slots = self._copilot_slots(cache) if cache is not None else None
-        past = cache.layers[slots[1]].get_seq_length() if slots is not None else 0
-        key_valid = _key_valid(attention_mask, batch, past + length, memory_x.device)
-        hidden = decoder_out.last_hidden_state
-
-        if labels is not None:
-            if past:
-                raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-            pilot_logits, correction, loss, copilot_loss_value = self._labelled_outputs(
-                hidden, memory_x, memory_h, key_valid, labels, logits_to_keep, teacher_forcing, kw
+        if labels is None:
+            output = self._inference_forward(
+                decoder_out, attention_mask, logits_to_keep, copilot_prompt_length, copilot_components
             )
-            fused = self._fuse(pilot_logits, correction)
+        elif copilot_teacher_forcing:
+            output = self._teacher_forced_forward(decoder_out, attention_mask, labels, logits_to_keep, kwargs)
         else:
-            loss = copilot_loss_value = None
-            fused, pilot_logits, correction = self._inference_outputs(
-                hidden, memory_x, memory_h, key_valid, logits_to_keep, prompt_length, cache, slots, past, components
-            )
+            output = self._training_step_forward(decoder_out, labels, kwargs)
+        output.hidden_states = decoder_out.hidden_states if keep_hidden else None
+        output.attentions = decoder_out.get("attentions")
+        return output
+
+    def _memory(self, decoder_out) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.copilot_layer.pilot_memory(decoder_out.hidden_states, self.active_config.pooled_layers)
+
+    def _training_step_forward(self, decoder_out, labels, kw) -> CopilotCausalLMOutput:
+        """`CopilotSFTTrainer`'s step: the LM head only where there is a target, like TRL's own loss; no Copilot."""
+        hidden = decoder_out.last_hidden_state
+        targets = shift_targets(labels)
+        valid = targets != IGNORE_INDEX
+        target_logits = self.model.lm_head(hidden[valid])
+        memory_x, memory_h = self._memory(decoder_out)
         return CopilotCausalLMOutput(
-            loss=loss,
-            logits=fused,
-            **{_CACHE_FIELD: cache},
-            hidden_states=decoder_out.hidden_states if keep_hidden else None,
-            attentions=decoder_out.get("attentions"),
-            pilot_logits=pilot_logits,
-            copilot_logits=correction,
-            copilot_loss=copilot_loss_value,
-            copilot_memory_x=memory_x if labels is not None else None,
-            copilot_memory_h=memory_h if labels is not None else None,
+            loss=_cross_entropy(target_logits, targets[valid], kw.get("num_items_in_batch")),
+            pilot_target_logits=target_logits,
+            copilot_memory_x=memory_x,
+            copilot_memory_h=memory_h,
+            **{_CACHE_FIELD: decoder_out.get(_CACHE_FIELD)},
         )
 
-    def _labelled_outputs(self, hidden, memory_x, memory_h, key_valid, labels, logits_to_keep, teacher_forcing, kw):
-        """With labels: (Pilot logits, correction, the Pilot's loss, the Copilot's loss).
-
-        Teacher-forced (evaluation, custom loops) the Copilot runs on the true errors. In the trainer's step
-        (`teacher_forcing=False`) the LM head runs only where there is a target, like TRL's own loss, and the Copilot
-        is left to the trainer (it learns from the Mistake Log); the Pilot's logits are then packed, one row per
-        target position, row-major, and there is no correction.
-        """
-        targets = shift_targets(labels)
-        if not teacher_forcing:
-            valid = targets != IGNORE_INDEX
-            pilot_logits = self.model.lm_head(hidden[valid])
-            loss = _cross_entropy(pilot_logits, targets[valid], kw.get("num_items_in_batch"))
-            return pilot_logits, None, loss, None
-        self._warn_once_pilot_loss()
+    def _teacher_forced_forward(
+        self, decoder_out, attention_mask, labels, logits_to_keep, kw
+    ) -> CopilotCausalLMOutput:
+        """The Copilot on the Pilot's true errors: fused logits, the Pilot's loss and the Copilot's."""
+        hidden = decoder_out.last_hidden_state
+        cache = decoder_out.get(_CACHE_FIELD)
+        if cache is not None and cache.get_seq_length() > hidden.shape[1]:
+            raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
+        if self.training and not self._warned_pilot_loss:
+            # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
+            self._warned_pilot_loss = True
+            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=3)
+        memory_x, memory_h = self._memory(decoder_out)
+        key_valid = _key_valid(attention_mask, *hidden.shape[:2], hidden.device)
         pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
         loss = self.model.loss_function(logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw)
+        targets = shift_targets(labels)
         correction, copilot_loss_value = self.copilot_teacher_forced(
             memory_x, memory_h, key_valid, targets, PilotPrediction.from_logits(pilot_logits), full_correction=True
         )
-        return pilot_logits, correction, loss, copilot_loss_value
+        return CopilotCausalLMOutput(
+            loss=loss,
+            logits=self._fuse(pilot_logits, correction),
+            pilot_logits=pilot_logits,
+            pilot_target_logits=pilot_logits[targets != IGNORE_INDEX],
+            copilot_logits=correction,
+            copilot_loss=copilot_loss_value,
+            copilot_memory_x=memory_x,
+            copilot_memory_h=memory_h,
+            **{_CACHE_FIELD: cache},
+        )
 
-    def _inference_outputs(
-        self, hidden, memory_x, memory_h, key_valid, logits_to_keep, prompt_length, cache, slots, past, components
-    ):
-        """Without labels (Algorithm 2): (fused logits, Pilot logits, correction) at the kept positions; the last two
-        are None when logit fusion runs in hidden space, W(h + λu), one LM-head pass (`components=False`)."""
+    def _inference_forward(self, decoder_out, attention_mask, logits_to_keep, prompt_length, components):
+        """Algorithm 2 over this call's positions: fused logits at the kept positions, and (unless fused in hidden
+        space, `components=False` with logit fusion) the Pilot's logits and the correction."""
         config = self.active_config
+        hidden = decoder_out.last_hidden_state
+        memory_x, memory_h = self._memory(decoder_out)
+        batch, length = memory_x.shape[:2]
+        cache = decoder_out.get(_CACHE_FIELD)
+        view = None
+        if cache is not None:
+            pilot_layers = self.model.config.get_text_config().num_hidden_layers
+            view = CopilotCacheView.attach(cache, pilot_layers, self.active_network.config.num_layers)
+        past = view.past if view is not None else 0
+        key_valid = _key_valid(attention_mask, batch, past + length, hidden.device)
         if prompt_length is None:
             prompt_length = self._generation_prompt_length
-        feed_pilot_error = config.inference_feed == "pilot_error"
+        generated = _generated_positions(prompt_length, past, batch, length, hidden.device)
         # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
-        pilot_logits = self.model.lm_head(hidden) if feed_pilot_error else None
-        u = self._copilot_inference(
-            memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
-        )
-        hidden_kept, u_kept = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-        if feed_pilot_error:
-            pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_head(u_kept)
+        pilot_logits = self.model.lm_head(hidden) if config.inference_feed == "pilot_error" else None
+        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, generated, view, pilot_logits)
+        hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
+        if pilot_logits is not None:
+            pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_layer.head(u)
         elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
-            return self.model.lm_head(hidden_kept + config.fusion_lambda * u_kept.to(hidden_kept.dtype)), None, None
+            fused = self.model.lm_head(hidden + config.fusion_lambda * u.to(hidden.dtype))
+            return CopilotCausalLMOutput(logits=fused, **{_CACHE_FIELD: cache})
         else:
-            pilot_logits, correction = self._logits_and_correction(hidden_kept, u_kept)
-        return self._fuse(pilot_logits, correction), pilot_logits, correction
+            pilot_logits, correction = self._logits_and_correction(hidden, u)
+        return CopilotCausalLMOutput(
+            logits=self._fuse(pilot_logits, correction),
+            pilot_logits=pilot_logits,
+            copilot_logits=correction,
+            **{_CACHE_FIELD: cache},
+        )
 
-    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor | None) -> torch.Tensor:
-        if correction is None:
-            return pilot_logits
+    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         config = self.active_config
         return fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
-
-    def _warn_once_pilot_loss(self) -> None:
-        # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
-        if self.training and not self._warned_pilot_loss:
-            self._warned_pilot_loss = True
-            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=2)
 
     def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,
         which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not twice)."""
         head = self.model.lm_head
         if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
-            return head(hidden), self.copilot_head(u)
+            return head(hidden), self.copilot_layer.head(u)
         both = head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
         return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
-
-    def _copilot_slots(self, cache) -> tuple[int, int]:
-        """Cache slots of the Copilot's blocks and of its pending input, after the Pilot's own layers."""
-        if not isinstance(cache, DynamicCache):
-            raise ValueError(
-                f"Copilot generation needs a DynamicCache (the default), got {type(cache).__name__}; "
-                "do not pass cache_implementation='static' or another cache type."
-            )
-        first = self.model.config.get_text_config().num_hidden_layers
-        pending = first + self.active_network.config.num_layers
-        while len(cache.layers) <= pending:
-            cache.layers.append(DynamicLayer())
-        return first, pending
-
-    def _copilot_inference(
-        self, memory_x, memory_h, key_valid, pilot_logits, prompt_length, cache, slots, past, feed_pilot_error
-    ) -> torch.Tensor:
-        """Algorithm 2 over the positions of this call; returns u at every position.
-
-        `pending[:, t]` is what the Copilot reads at position t + 1 when that position is generated: u_t·G (= f_t·E,
-        its own output) or −p̂_t·E (to which E[ŷ_{t+1}] = X̃_{t+1} is added). It is kept in a cache slot between calls.
-        """
-        network = self.active_network
-        batch, length, width = memory_x.shape
-        device = memory_x.device
-        positions = past + torch.arange(length, device=device)
-        if prompt_length is None:
-            generated = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        else:
-            generated = positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)
-        generated = generated.unsqueeze(-1)
-        previous = torch.zeros(batch, 1, width, device=device)
-        if past:
-            previous = cache.layers[slots[1]].keys[:, 0, -1:, :].float()
-        offset = slots[0] if slots is not None else 0
-
-        if feed_pilot_error:
-            # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
-            z = pilot_logits.detach().float()
-            # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
-            probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
-            pending = -(probs @ self._embedding_weight().float())
-            inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
-            u = network(inputs, memory_x, memory_h, key_valid, cache, offset)
-        else:
-            gram = self._gram()
-            any_generated = generated.squeeze(-1).any(0)
-            first_generated = int(any_generated.float().argmax()) if any_generated.any() else length
-            # Up to the first generated position (exclusive, but at least one position) every input is known and
-            # runs as one chunk; each later position reads the previous one's output, so they run one at a time.
-            split = max(1, first_generated)
-            scratch = cache is None and split < length
-            run_cache = DynamicCache() if scratch else cache
-            outputs = []
-            for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]:
-                inputs = torch.zeros(batch, end - start, width, device=device)
-                inputs[:, :1] = previous * generated[:, start : start + 1]
-                outputs.append(
-                    network(
-                        inputs,
-                        memory_x[:, start:end],
-                        memory_h[:, start:end],
-                        key_valid[:, : past + end],
-                        run_cache,
-                        offset,
-                    )
-                )
-                previous = outputs[-1][:, -1:].float() @ gram
-            u = torch.cat(outputs, dim=1)
-            pending = u.float() @ gram
-        if slots is not None:
-            stored = pending.unsqueeze(1)
-            cache.update(stored, stored[..., :0], slots[1])
-        return u
 
     # ------------------------------------------------------------------ generation
 
@@ -639,7 +472,7 @@ class CopilotModel(BaseTuner):
             self._generation_prompt_length = None
 
 
-# ---------------------------------------------------------------------- module-level helpers
+# ---------------------------------------------------------------------- helpers
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -663,160 +496,9 @@ def _keep_positions(tensor: torch.Tensor, logits_to_keep: int | torch.Tensor) ->
     return tensor[:, logits_to_keep]
 
 
-def _unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
-    """A LoRA-tuned Pilot: keep its LoRA layers in place and remember its LoRA config for saving."""
-    lora = model.peft_config[model.active_adapter]
-    if lora.peft_type != PeftType.LORA:
-        raise ValueError(
-            f"A Pilot that is a PeftModel must carry LoRA adapters; got {lora.peft_type}. Unload it first."
-        )
-    base = model.get_base_model()
-    # LoRA leaves its config dict on the base model; the Copilot tuner keeps its own, so that one must go.
-    base.__dict__.pop("peft_config", None)
-    lora_dict = lora.to_dict()
-    for key, value in list(lora_dict.items()):
-        if isinstance(value, set):
-            lora_dict[key] = sorted(value)
-        elif hasattr(value, "value"):
-            lora_dict[key] = value.value
-    config.pilot_lora_config = lora_dict
-    return base
-
-
-def _check_pilot(model: nn.Module, config: CopilotConfig) -> None:
-    text_config = getattr(model, "config", None)
-    text_config = text_config.get_text_config() if text_config is not None else None
-    model_type = getattr(text_config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"Transformer Copilot does not support the Pilot architecture {model_type!r} "
-            f"({type(model).__name__}); supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
-        )
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    if config.pilot_vocab_size is not None and config.pilot_vocab_size != vocab_size:
-        raise ValueError(
-            f"This Copilot was trained for a Pilot with vocabulary size {config.pilot_vocab_size}, but the Pilot it "
-            f"is being loaded onto has vocabulary size {vocab_size}."
-        )
-    if config.pilot_hidden_size is not None and config.pilot_hidden_size != text_config.hidden_size:
-        raise ValueError(
-            f"This Copilot was trained for a Pilot with hidden size {config.pilot_hidden_size}, but the Pilot it is "
-            f"being loaded onto has hidden size {text_config.hidden_size}."
-        )
-
-
-def _load_init_source(model: nn.Module, config: CopilotConfig) -> nn.Module | None:
-    """The model whose decoder layers initialise the Copilot (None for random init or when loading weights)."""
-    if config.init == "random" or config.copilot_architecture is not None and config.inference_mode:
-        return None
-    if config.init == "pilot_layers":
-        return model
-    from transformers import AutoModelForCausalLM
-
-    source = AutoModelForCausalLM.from_pretrained(config.pretrained_model_name_or_path, dtype=torch.float32)
-    pilot_type = model.config.get_text_config().model_type
-    if source.config.model_type != pilot_type:
-        raise ValueError(
-            f"The Copilot's pretrained source {config.pretrained_model_name_or_path!r} is a "
-            f"{source.config.model_type!r} model; it must be of the Pilot's family ({pilot_type!r})."
-        )
-    return source
-
-
-def _resolve_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module | None) -> CopilotNetworkConfig:
-    pilot_config = model.config.get_text_config()
-    if config.copilot_architecture is not None:
-        architecture = CopilotNetworkConfig(**config.copilot_architecture)
-        architecture.dropout = config.dropout
-        return architecture
-    shape_source = source if config.init == "pretrained" else model
-    shape = shape_source.config.get_text_config()
-    attention = _decoder_layers(shape_source)[0].self_attn
-    num_layers = config.num_layers
-    if num_layers is None:
-        num_layers = (
-            shape.num_hidden_layers if config.init == "pretrained" else max(2, pilot_config.num_hidden_layers // 4)
-        )
-    return CopilotNetworkConfig(
-        memory_size=pilot_config.hidden_size,
-        hidden_size=shape.hidden_size,
-        num_layers=num_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=getattr(shape, "num_key_value_heads", None) or shape.num_attention_heads,
-        intermediate_size=shape.intermediate_size,
-        rms_norm_eps=getattr(shape, "rms_norm_eps", 1e-6),
-        attention_bias=_base_linear(attention.q_proj).bias is not None,
-        dropout=config.dropout,
-    )
-
-
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    base = getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"Cannot find the decoder layers of {type(model).__name__} (expected `model.layers`).")
-    return layers
-
-
-def _base_linear(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-
-
-def _float_weight(module: nn.Module) -> torch.Tensor:
-    """A full-precision copy of a (possibly LoRA-wrapped or bitsandbytes-quantized) linear layer's weight."""
-    module = _base_linear(module)
-    weight = module.weight
-    kind = type(weight).__name__
-    if kind == "Int8Params":
-        # Row-wise absmax int8: W = CB · SCB / 127. (PEFT's dequantize helper clears the layer's cached statistics
-        # on some bitsandbytes versions, which breaks the Pilot's next 8-bit matmul.)
-        scale = getattr(weight, "SCB", None)
-        if scale is None:
-            scale = module.state.SCB
-        return weight.data.float() * scale.float().unsqueeze(1) / 127.0
-    if kind == "Params4bit":
-        import bitsandbytes.functional as bnb_functional
-
-        data, state = weight.data, weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            # On AVX512-BF16 CPUs bitsandbytes repacks a 4-bit weight in place after the first inference forward;
-            # its own inverse (what its state-dict saving uses) rebuilds the standard layout, here on a copy so the
-            # Pilot's layer keeps its fast format.
-            data, state = bnb_functional._convert_weight_packed_for_cpu_inverse(data, copy.deepcopy(state))
-        return bnb_functional.dequantize_4bit(data, state).detach().float()
-    return weight.detach().float()
-
-
-def _initialise_from_source(network: CopilotNetwork, model: nn.Module, config: CopilotConfig, source) -> None:
-    if source is None:
-        std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
-        for block in network.layers:
-            for linear in block.modules():
-                if isinstance(linear, nn.Linear):
-                    nn.init.normal_(linear.weight, std=std)
-                    if linear.bias is not None:
-                        nn.init.zeros_(linear.bias)
-        return
-    source_layers = _decoder_layers(source)
-    count = len(network.layers)
-    indices = config.init_layers
-    if indices is None:
-        last = len(source_layers) - 1
-        indices = [round(i * last / (count - 1)) for i in range(count)] if count > 1 else [0]
-    if len(indices) != count or any(not 0 <= i < len(source_layers) for i in indices):
-        raise ValueError(
-            f"init_layers must name {count} source layers (one per Copilot layer) in [0, {len(source_layers)}), "
-            f"got {indices}."
-        )
-    with torch.no_grad():
-        for block, index in zip(network.layers, indices):
-            layer = source_layers[index]
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                target, origin = getattr(block.attn, name), _base_linear(getattr(layer.self_attn, name))
-                target.weight.copy_(_float_weight(origin))
-                if target.bias is not None and origin.bias is not None:
-                    target.bias.copy_(origin.bias.detach().float())
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                getattr(block.mlp, name).weight.copy_(_float_weight(getattr(layer.mlp, name)))
-            block.input_layernorm.weight.copy_(layer.input_layernorm.weight.detach().float())
-            block.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight.detach().float())
+def _generated_positions(prompt_length, past: int, batch: int, length: int, device) -> torch.Tensor:
+    """`(batch, length)` bool: which of this call's positions come after the prompt (none when it is unknown)."""
+    if prompt_length is None:
+        return torch.zeros(batch, length, dtype=torch.bool, device=device)
+    positions = past + torch.arange(length, device=device)
+    return positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)

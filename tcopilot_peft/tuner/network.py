@@ -25,12 +25,15 @@ the pooled states side by side in the head dimension, so one cache slot per bloc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .bnb import base_linear, dequantized_weight
 
 
 @dataclass
@@ -143,6 +146,20 @@ class Block(nn.Module):
         x = x + self.dropout(self.attn(self.input_layernorm(x), mask, memory, cache, layer_idx))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
+    @torch.no_grad()
+    def copy_decoder_layer(self, layer: nn.Module) -> None:
+        """Take the weights of a Llama-shaped decoder layer (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`,
+        two RMSNorms); a cross-attention block puts the self-attention weights to a new use."""
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            target, origin = getattr(self.attn, name), base_linear(getattr(layer.self_attn, name))
+            target.weight.copy_(dequantized_weight(origin))
+            if target.bias is not None and origin.bias is not None:
+                target.bias.copy_(origin.bias.detach().float())
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            getattr(self.mlp, name).weight.copy_(dequantized_weight(getattr(layer.mlp, name)))
+        self.input_layernorm.weight.copy_(layer.input_layernorm.weight.detach().float())
+        self.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight.detach().float())
+
 
 class CopilotNetwork(nn.Module):
     def __init__(self, config: CopilotNetworkConfig):
@@ -215,3 +232,38 @@ class CopilotNetwork(nn.Module):
         for i, block in enumerate(self.layers):
             x = block(x, mask, memory, cache, cache_offset + i)
         return self.output_proj(self.final_norm(x))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_decoder_layers(
+        cls, config: CopilotNetworkConfig, layers: Sequence[nn.Module], indices: Sequence[int] | None = None
+    ) -> CopilotNetwork:
+        """A Copilot whose blocks start as copies of Llama / Qwen2 / Mistral decoder layers (the Pilot's own, or a
+        smaller pretrained decoder's): block i copies `layers[indices[i]]`, evenly spaced over `layers` by default.
+        LoRA-wrapped or quantized weights are copied dequantized; the maps around the blocks start as in `__init__`."""
+        count, available = config.num_layers, len(layers)
+        if indices is None:
+            indices = [round(i * (available - 1) / (count - 1)) for i in range(count)] if count > 1 else [0]
+        if len(indices) != count or any(not 0 <= i < available for i in indices):
+            raise ValueError(
+                f"init_layers must name {count} source layers (one per Copilot layer) in [0, {available}), "
+                f"got {list(indices)}."
+            )
+        network = cls(config)
+        with torch.no_grad():
+            for block, index in zip(network.layers, indices):
+                block.copy_decoder_layer(layers[index])
+        return network
+
+    @classmethod
+    def with_random_blocks(cls, config: CopilotNetworkConfig, std: float) -> CopilotNetwork:
+        """A Copilot whose blocks' linear weights are drawn from N(0, std²) (the Pilot's `initializer_range`)."""
+        network = cls(config)
+        for block in network.layers:
+            for linear in block.modules():
+                if isinstance(linear, nn.Linear):
+                    nn.init.normal_(linear.weight, std=std)
+                    if linear.bias is not None:
+                        nn.init.zeros_(linear.bias)
+        return network

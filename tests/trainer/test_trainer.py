@@ -82,6 +82,19 @@ def test_the_copilot_never_changes_the_pilots_training(tmp_path):
     )
 
 
+def test_a_plain_sft_config_keeps_its_values_and_takes_the_copilot_defaults(tmp_path):
+    args = SFTConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, learning_rate=3e-4, bf16=False
+    )
+    for key, value in QUIET.items():
+        setattr(args, key, value)
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
+    assert isinstance(trainer.args, CopilotSFTConfig)
+    assert trainer.args.learning_rate == 3e-4 and trainer.args.max_steps == 1
+    assert trainer.args.copilot_learning_rate == CopilotSFTConfig(output_dir=str(tmp_path)).copilot_learning_rate
+    assert trainer.copilot_updater.scheduler.last_epoch == 1
+
+
 def test_lora_pilot_trains_only_lora_and_copilot(tmp_path):
     lora = get_peft_model(pilot(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model = get_peft_model(lora, CopilotConfig())
@@ -102,7 +115,7 @@ def test_gradient_accumulation_and_gradient_checkpointing(tmp_path):
     args = copilot_args(tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True, max_steps=2)
     trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
     assert trainer.state.global_step == 2
-    assert trainer.copilot_scheduler.last_epoch == 2  # one Copilot update per optimiser step
+    assert trainer.copilot_updater.scheduler.last_epoch == 2  # one Copilot update per optimiser step
 
 
 @pytest.mark.parametrize("policy", ["current", "uniform", "newest"])
@@ -263,13 +276,13 @@ def test_the_log_rebuilds_the_dense_loss_when_it_keeps_the_whole_vocabulary(loss
         out = model(input_ids=ids, labels=labels, copilot_teacher_forcing=False)
         targets = shift_targets(labels)
         log = MistakeLog(top_k=len(TOKENIZER))
-        replay = log.collate(log.append(ids, None, targets, out.copilot_memory_h, out.pilot_logits))
+        replay = log.collate(log.append(ids, None, targets, out.copilot_memory_h, out.pilot_target_logits))
         _, dense = tuner.copilot_teacher_forced(
             out.copilot_memory_x,
             out.copilot_memory_h,
             torch.ones_like(ids, dtype=torch.bool),
             targets,
-            PilotPrediction.from_logits(out.pilot_logits),
+            PilotPrediction.from_logits(out.pilot_target_logits),
             loss_kind=loss,
         )
         from_log = tuner.copilot_replay(replay, loss_kind=loss)

@@ -1,0 +1,52 @@
+"""Where the Copilot keeps its state between generation steps: extra layer slots of the Pilot's own KV cache.
+
+Living in the Pilot's `DynamicCache` (after the Pilot's layers) means `generate()`'s beam reordering, batch expansion
+and cropping apply to the Copilot's keys/values for free. Slot `pilot_layers + i` holds block i's keys/values; the
+slot after them holds the Copilot's pending input, what it reads at the next generated position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+@dataclass
+class CopilotCacheView:
+    """The Copilot's part of a Pilot's `DynamicCache`.
+
+    Args:
+        cache: the Pilot's cache, shared.
+        first_slot: the slot of the Copilot's first block (= the Pilot's number of layers).
+        pending_slot: the slot holding the pending input (after the Copilot's blocks).
+        past: positions already in the Copilot's slots before this call.
+    """
+
+    cache: DynamicCache
+    first_slot: int
+    pending_slot: int
+    past: int
+
+    @classmethod
+    def attach(cls, cache, pilot_layers: int, copilot_layers: int) -> CopilotCacheView:
+        """The view of `cache`, adding the Copilot's slots on its first use."""
+        if not isinstance(cache, DynamicCache):
+            raise ValueError(
+                f"Copilot generation needs a DynamicCache (the default), got {type(cache).__name__}; "
+                "do not pass cache_implementation='static' or another cache type."
+            )
+        pending_slot = pilot_layers + copilot_layers
+        while len(cache.layers) <= pending_slot:
+            cache.layers.append(DynamicLayer())
+        return cls(cache, pilot_layers, pending_slot, cache.layers[pending_slot].get_seq_length())
+
+    def pending(self) -> torch.Tensor:
+        """The pending input of the last position seen, `(batch, 1, width)` float32."""
+        return self.cache.layers[self.pending_slot].keys[:, 0, -1:, :].float()
+
+    def store_pending(self, pending: torch.Tensor) -> None:
+        """Append this call's pending inputs `(batch, n, width)`, stored as keys (the values are empty)."""
+        stored = pending.unsqueeze(1)
+        self.cache.update(stored, stored[..., :0], self.pending_slot)

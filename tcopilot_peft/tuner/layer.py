@@ -1,0 +1,194 @@
+"""`CopilotLayer`: the Copilot networks (one per adapter name) and what runs the active one on the Pilot's states.
+
+The Copilot reads three things from the Pilot at every position: X̃ (its input embeddings), the layer-pooled hidden
+states, and an error signal embedded through the Pilot's input embedding E. Its output u goes through the Pilot's
+frozen LM head W to the correction f = W·u. Which error it reads at position t (the paper's shifted ℓ_{<i}):
+
+* teacher-forced (training, `teacher_forced`): ℓ_{t−1} = onehot(y_{t−1}) − p̂_{t−1} where that target exists, else 0;
+* at inference (`inference`): 0 on prompt positions (the paper's Copilot only runs over the response), and on
+  generated positions either onehot(ŷ_{t−1}) − p̂_{t−1} for the token actually generated (`"pilot_error"`), or its
+  own previous output f_{t−1} (Algorithm 2, `"copilot"`).
+
+Embedded errors are computed without building |V|-sized one-hot vectors: onehot(y)·E is a row of E, p̂·E one matmul,
+and f·E = u·(Wᵀ E) with the d×d Gram matrix `gram()`.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding
+from .cache import CopilotCacheView
+from .network import CopilotNetwork
+
+
+class _PilotReference:
+    """The Pilot, held without making it a submodule of the layer: the tuner owns it (and saves it, or not)."""
+
+    def __init__(self, pilot: nn.Module) -> None:
+        self.pilot = pilot
+
+
+class CopilotLayer(nn.Module, BaseTunerLayer):
+    """Holds the Copilot networks, one per adapter name, so PEFT's adapter bookkeeping (status, enable/disable,
+    `requires_grad` per adapter, state-dict selection) treats the Copilot like any other tuner layer; runs the active
+    one against the Pilot's embedding and LM head."""
+
+    adapter_layer_names = ("copilot_model",)
+
+    def __init__(self, pilot: nn.Module) -> None:
+        super().__init__()
+        self.copilot_model = nn.ModuleDict()
+        self._pilot = _PilotReference(pilot)
+        self._gram_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """A no-op: there is no base layer to follow (PEFT's version would recurse looking for one). The tuner, which
+        knows the Pilot, places the Copilot instead (`CopilotModel._move_adapter_to_device_of_base_layer`)."""
+
+    @property
+    def active_network(self) -> CopilotNetwork:
+        return self.copilot_model[self.active_adapters[0]]
+
+    # ------------------------------------------------------------------ the Pilot's ends, as constants
+
+    def embedding_weight(self) -> torch.Tensor:
+        return self._pilot.pilot.get_input_embeddings().weight.detach()
+
+    def head_weight(self) -> torch.Tensor:
+        weight = self._pilot.pilot.get_output_embeddings().weight
+        if not weight.is_floating_point():
+            raise ValueError("The Copilot reuses the Pilot's LM head, which must not be quantized.")
+        return weight.detach()
+
+    def head(self, u: torch.Tensor) -> torch.Tensor:
+        """The correction f = W_head · u through the Pilot's frozen LM head (no gradient reaches the head)."""
+        weight = self.head_weight()
+        return torch.nn.functional.linear(u.to(weight.dtype), weight).float()
+
+    def gram(self) -> torch.Tensor:
+        """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""
+        head, embedding = self.head_weight(), self.embedding_weight()
+        key = (head.data_ptr(), head._version, embedding.data_ptr(), embedding._version, head.device)
+        if self._gram_cache is None or self._gram_cache[0] != key:
+            # Built outside inference mode so the cached matrix stays usable by later autograd-tracked calls.
+            with torch.inference_mode(False), torch.no_grad():
+                self._gram_cache = (key, head.float().T @ embedding.float())
+        return self._gram_cache[1]
+
+    @staticmethod
+    def pilot_memory(
+        hidden_states: tuple[torch.Tensor, ...], pooled_layers: list[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """X̃ (the embedding output) and the mean over the pooled Pilot layers, each layer RMS-normalised first.
+
+        `hidden_states[0]` is the embedding output; the last entry is post-final-norm while the others are raw
+        residual streams, so every layer is normalised before averaging.
+        """
+        layers = hidden_states[1:]
+        stacked = torch.stack([layers[i] for i in pooled_layers] if pooled_layers else list(layers)).float()
+        stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return hidden_states[0].detach(), stacked.mean(0).detach()
+
+    # ------------------------------------------------------------------ teacher-forced (training, scoring)
+
+    def teacher_forced(
+        self,
+        memory_x: torch.Tensor,
+        memory_h: torch.Tensor,
+        key_valid: torch.Tensor,
+        targets: torch.Tensor,
+        prediction: PilotPrediction,
+        loss_kind: str,
+        full_correction: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Copilot on the true errors: (f, its `loss_kind` loss averaged over target positions).
+
+        `targets[:, t]` is the gold token after position t (-100 where there is none). p̂ is given per position or
+        packed at the target positions only (row-major). f is returned at the target positions (`(N, |V|)`), or at
+        every position (`(B, T, |V|)`) with `full_correction`.
+        """
+        valid = targets != IGNORE_INDEX
+        gold = targets[valid]
+        prediction = prediction.at(valid)
+        errors = torch.zeros(*targets.shape, memory_x.shape[-1], device=memory_x.device)
+        errors[valid] = error_embedding(self.embedding_weight(), gold, prediction)
+        inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
+        u = self.active_network(inputs, memory_x, memory_h, key_valid)
+        if full_correction:
+            correction = self.head(u)
+            at_targets = correction[valid]
+        else:
+            correction = at_targets = self.head(u[valid])  # the |V|-sized head only where the loss is
+        return correction, copilot_loss(at_targets, gold, prediction, kind=loss_kind)
+
+    # ------------------------------------------------------------------ inference (Algorithm 2)
+
+    def inference(
+        self,
+        memory_x: torch.Tensor,
+        memory_h: torch.Tensor,
+        key_valid: torch.Tensor,
+        generated: torch.Tensor,
+        view: CopilotCacheView | None,
+        pilot_logits: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """u at every position of this call. `generated` (`(B, n)`, bool) marks positions whose input is the error
+        at the previous, generated, position; the others read 0. With `pilot_logits` the Copilot reads
+        onehot(ŷ) − p̂ there, without them its own previous output."""
+        previous = view.pending() if view is not None and view.past else torch.zeros_like(memory_x[:, :1]).float()
+        generated = generated.unsqueeze(-1)
+        if pilot_logits is not None:
+            u, pending = self._on_pilot_errors(memory_x, memory_h, key_valid, generated, view, pilot_logits, previous)
+        else:
+            u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated, view, previous)
+        if view is not None:
+            view.store_pending(pending)
+        return u
+
+    def _on_pilot_errors(self, memory_x, memory_h, key_valid, generated, view, pilot_logits, previous):
+        """Every input is known from the Pilot's logits of this call, so the whole call runs as one chunk.
+
+        `pending[:, t]` = −p̂_t·E: at position t + 1, once generated, E[ŷ_{t+1}] = X̃_{t+1} is added to it.
+        """
+        # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
+        z = pilot_logits.detach().float()
+        # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
+        probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
+        pending = -(probs @ self.embedding_weight().float())
+        inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
+        cache, offset = (view.cache, view.first_slot) if view is not None else (None, 0)
+        return self.active_network(inputs, memory_x, memory_h, key_valid, cache, offset), pending
+
+    def _on_own_output(self, memory_x, memory_h, key_valid, generated, view, previous):
+        """Up to the first generated position (exclusive, but at least one position) every input is known and runs
+        as one chunk; each later position reads the previous one's output f·E = u·G, so they run one at a time.
+        `pending[:, t]` = u_t·G."""
+        network, gram = self.active_network, self.gram()
+        batch, length, width = memory_x.shape
+        past = view.past if view is not None else 0
+        any_generated = generated.squeeze(-1).any(0)
+        split = max(1, int(any_generated.float().argmax()) if any_generated.any() else length)
+        # Without the Pilot's cache, positions after the split still need the earlier ones' keys: a scratch cache.
+        cache = view.cache if view is not None else (DynamicCache() if split < length else None)
+        offset = view.first_slot if view is not None else 0
+        outputs = []
+        for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]:
+            inputs = torch.zeros(batch, end - start, width, device=memory_x.device)
+            inputs[:, :1] = previous * generated[:, start : start + 1]
+            outputs.append(
+                network(
+                    inputs,
+                    memory_x[:, start:end],
+                    memory_h[:, start:end],
+                    key_valid[:, : past + end],
+                    cache,
+                    offset,
+                )
+            )
+            previous = outputs[-1][:, -1:].float() @ gram
+        u = torch.cat(outputs, dim=1)
+        return u, u.float() @ gram
