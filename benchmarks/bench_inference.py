@@ -25,6 +25,7 @@ from peft import get_peft_model
 import tcopilot_peft
 from tcopilot_peft import CopilotConfig
 from tcopilot_peft.costs import cost_model
+from tcopilot_peft.tuner.config import FUSION_MODES
 
 
 def build_models(args):
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--copilot-layers", type=int, default=3)
-    parser.add_argument("--fusion-mode", choices=["prob", "logit"], help="default: the Copilot objective's own")
+    parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the Copilot objective's own")
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])

@@ -1,4 +1,4 @@
-"""The controls the paper lacks (DESIGN §5): what the Copilot's extra parameters would buy if spent elsewhere.
+"""The controls the paper lacks: what the Copilot's extra parameters would buy if spent elsewhere.
 
 * (e) **A parameter-matched larger Pilot**: the pretrained Pilot deepened by as many decoder layers as the Copilot
   has, inserted LLaMA-Pro style (each new layer a copy of the one before it with its output maps zeroed, so the

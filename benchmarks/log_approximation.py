@@ -18,21 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tcopilot_peft.demo import PILOT_DIR
 from tcopilot_peft.demo.tasks import task_splits
+from tcopilot_peft.evaluation.diagnostics import completion_batches
 from tcopilot_peft.fusion import PilotPrediction, shift_targets
 from tcopilot_peft.mistake_log import MistakeLog, dense_error_bytes_per_token
-
-
-def batches(tokenizer, rows: list[dict], size: int):
-    tokenizer.padding_side = "right"
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        batch = tokenizer(
-            [r["prompt"] + r["completion"] + tokenizer.eos_token for r in chunk], return_tensors="pt", padding=True
-        )
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        for i, row in enumerate(chunk):
-            labels[i, : len(tokenizer(row["prompt"]).input_ids)] = -100
-        yield batch, labels
 
 
 @torch.no_grad()
@@ -51,7 +39,7 @@ def main() -> None:
     log = MistakeLog(top_k=args.top_k)
     sums = {kind: [0.0, 0.0] for kind in ("fused_ce", "rmse")}
     count = 0
-    for batch, labels in batches(tokenizer, rows, 32):
+    for batch, labels in completion_batches(tokenizer, rows, 32):
         count += 1
         out = model(**batch, labels=labels, copilot_teacher_forcing=False)
         targets = shift_targets(labels)

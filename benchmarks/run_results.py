@@ -46,18 +46,16 @@ from tcopilot_peft.costs import cost_model
 from tcopilot_peft.demo import PILOT_DIR
 from tcopilot_peft.demo.pipeline import (
     DemoSettings,
-    copilot_ce_skill,
-    copilot_skill,
-    correct,
     fine_tune,
-    generate_both,
     generation_budget,
     load_pilot_with_lora,
-    paired_gain,
-    pilot_calibration,
     plain_sft,
+    score_arm,
 )
-from tcopilot_peft.demo.tasks import task_splits
+from tcopilot_peft.demo.tasks import correct, task_splits
+from tcopilot_peft.evaluation.diagnostics import copilot_ce_skill, copilot_rmse_skill, pilot_calibration
+from tcopilot_peft.evaluation.statistics import choose_on_validation, paired_gain
+from tcopilot_peft.generation import generate_greedy
 from tcopilot_peft.tuner import CopilotConfig
 
 
@@ -70,20 +68,17 @@ HERE = Path(__file__).resolve().parent
 PILOTS = {"base": PILOT_DIR, "small": HERE / "pilots" / "small"}
 OPTIONAL_ARMS = ("paper", "holdout", "param_matched", "ensemble", "transfer")
 HOLDOUT_FRACTION = 0.1
+# The paper's objective is tried in both fusion spaces, its own (Eq. 8) first, so a tie goes to the paper's.
+PAPER_OBJECTIVE_MODES = ("prob", "logit")
 
 
 def log(message: str) -> None:
     print(f"[results {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[bool]:
-    completions, _ = generate_both(model, tokenizer, [r["prompt"] for r in rows], budget, arms=(arm,))
-    return correct(completions[arm], rows)
-
-
-def best_on_validation(grid: dict) -> str:
-    """The grid key with the best validation accuracy; ties go to the weight nearest 1 (keys end in "/<weight>")."""
-    return max(grid, key=lambda k: (grid[k], -abs(float(k.rsplit("/", 1)[-1]) - 1.0)))
+def grid_weight(key: str) -> float:
+    """The weight (λ or ensemble weight) of a validation grid key "<name>/<weight>"."""
+    return float(key.rsplit("/", 1)[-1])
 
 
 def choose_fusion(model, tokenizer, validation, budget: int, feed: str, modes: tuple[str, ...]) -> tuple[str, dict]:
@@ -95,8 +90,8 @@ def choose_fusion(model, tokenizer, validation, budget: int, feed: str, modes: t
         config.fusion_mode = mode
         for value in LAMBDAS:
             config.fusion_lambda = value
-            grid[f"{mode}/{value}"] = sum(score(model, tokenizer, validation, budget, "fused")) / len(validation)
-    best = best_on_validation(grid)
+            grid[f"{mode}/{value}"] = statistics.mean(score_arm(model, tokenizer, validation, budget, "fused"))
+    best = choose_on_validation(grid, grid_weight)
     config.fusion_mode, value = best.split("/")
     config.fusion_lambda = float(value)
     return best, grid
@@ -119,14 +114,14 @@ def joint_arm(settings, splits, workdir: Path, copilot: dict, feeds: tuple[str, 
     model.save_pretrained(workdir / "copilot")
     config = model.peft_config[model.active_adapter]
     # The fused cross-entropy trains a log-odds correction, meaningful in logit space only.
-    modes = ("logit",) if config.copilot_loss == "fused_ce" else ("prob", "logit")
+    modes = ("logit",) if config.copilot_loss == "fused_ce" else PAPER_OBJECTIVE_MODES
     train_rows = splits["train"].select(range(200)).to_list()
     run = {
-        "pilot": score(model, tokenizer, test, budget, "pilot"),
+        "pilot": score_arm(model, tokenizer, test, budget, "pilot"),
         "copilot_loss": config.copilot_loss,
         "ce_skill_test": copilot_ce_skill(model, tokenizer, test[:200]),
         "ce_skill_train": copilot_ce_skill(model, tokenizer, train_rows),
-        "rmse_skill_test": copilot_skill(model, tokenizer, test[:200]),
+        "rmse_skill_test": copilot_rmse_skill(model, tokenizer, test[:200]),
         "pilot_calibration": pilot_calibration(model, tokenizer, test[:200]),
         "steps": trainer.state.global_step,
         "seconds": sum(timer.times),
@@ -137,7 +132,7 @@ def joint_arm(settings, splits, workdir: Path, copilot: dict, feeds: tuple[str, 
     }
     for feed in feeds:
         fusion, grid = choose_fusion(model, tokenizer, validation, budget, feed, modes)
-        completions, speed = generate_both(model, tokenizer, [r["prompt"] for r in test], budget)
+        completions, speed = generate_greedy(model, tokenizer, [r["prompt"] for r in test], budget)
         run["feeds"][feed] = {
             "fused": correct(completions["fused"], test),
             "fusion": fusion,
@@ -189,7 +184,7 @@ def param_matched_arm(settings, splits, workdir: Path, copilot_layers: int) -> d
     )
     # A plain generate() ("fused" arm of a model without a Copilot); the "pilot" arm would disable its LoRA.
     return {
-        "param_matched": score(larger, tokenizer, splits["test"].to_list(), splits["budget"], "fused"),
+        "param_matched": score_arm(larger, tokenizer, splits["test"].to_list(), splits["budget"], "fused"),
         "param_matched_parameters": added,
     }
 
@@ -219,13 +214,13 @@ def ensemble_arm(settings, splits, workdir: Path, copilot_layers: int, pilot_mod
             / len(validation)
             for w in LAMBDAS
         }
-        weight = float(best_on_validation(grid).split("/")[1])
+        weight = grid_weight(choose_on_validation(grid, grid_weight))
         outputs = ensemble_generate(pilot_model, small, weight, tokenizer, [r["prompt"] for r in test], budget)
     return {
         "ensemble": correct(outputs, test),
         "ensemble_weight": weight,
         "ensemble_grid": grid,
-        "small_alone": score(small, tokenizer, test, budget, "fused"),
+        "small_alone": score_arm(small, tokenizer, test, budget, "fused"),
         "small_parameters": small_parameters,
     }
 
@@ -245,8 +240,8 @@ def transfer_arm(pilot_dir: Path, own_adapter: str, sibling_adapter: str, fusion
     test, budget = splits["test"].to_list(), splits["budget"]
     transferred.eval()
     return {
-        "transfer_sibling_pilot": score(transferred, tokenizer, test, budget, "pilot"),
-        "transfer": score(transferred, tokenizer, test, budget, "fused"),
+        "transfer_sibling_pilot": score_arm(transferred, tokenizer, test, budget, "pilot"),
+        "transfer": score_arm(transferred, tokenizer, test, budget, "fused"),
     }
 
 
@@ -601,7 +596,8 @@ def targets_lines(results: dict, seeds: list[str]) -> list[str]:
                 paired_gain(runs[s]["transfer_arm"]["transfer_sibling_pilot"], runs[s]["transfer_arm"]["transfer"])
                 for s in seeds
             ]
-            kept = f"{statistics.mean(t['gain_points'] for t in transfer) / statistics.mean(gains):.0%}"
+            if statistics.mean(gains):  # a fraction of no gain is undefined
+                kept = f"{statistics.mean(t['gain_points'] for t in transfer) / statistics.mean(gains):.0%}"
         lines.append(
             f"| {key} | {statistics.mean(gains):+.1f} ({', '.join(f'{g:+.1f}' for g in gains)}) | "
             f"{'yes' if met else 'no'} | {versus} | {kept} |"

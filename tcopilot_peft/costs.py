@@ -1,4 +1,4 @@
-"""Analytic per-token cost of the Pilot and the Copilot, to set beside measured overheads (DESIGN §5).
+"""Analytic per-token cost of the Pilot and the Copilot, to set beside measured overheads (RESULTS.md's cost table).
 
 Counts are 2 × multiply-accumulates of the weight matrices each token passes through; attention-score FLOPs and
 element-wise work are left out (the same convention as the usual 6·N training estimate). Backward passes cost twice

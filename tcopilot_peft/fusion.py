@@ -244,10 +244,3 @@ def shift_targets(labels: torch.Tensor) -> torch.Tensor:
     """Next-token targets per position: `targets[:, t] = labels[:, t + 1]`, with -100 at the last position."""
     pad = torch.full_like(labels[:, :1], IGNORE_INDEX)
     return torch.cat([labels[:, 1:], pad], dim=1)
-
-
-def copilot_skill(distance_copilot: torch.Tensor, distance_zero: torch.Tensor) -> float:
-    """1 − RMSE(f, ℓ) / RMSE(0, ℓ): above 0 the Copilot beats predicting no correction."""
-    rmse_copilot = distance_copilot.square().mean().sqrt()
-    rmse_zero = distance_zero.square().mean().sqrt()
-    return float(1.0 - rmse_copilot / rmse_zero.clamp_min(1e-12))

@@ -49,3 +49,20 @@ def generate_arms(
         costs[arm] = (int((new != pad).sum()), seconds)
         completions[arm] = tokenizer.batch_decode(new, skip_special_tokens=True)
     return completions, costs
+
+
+def generate_greedy(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64, arms: Sequence[str] = ARMS
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Greedy completions of `prompts` by each arm, batch by batch (the arms interleaved per batch so both see the
+    same machine), and each arm's generated tokens per second."""
+    completions: dict[str, list[str]] = {arm: [] for arm in arms}
+    tokens, seconds = dict.fromkeys(arms, 0), dict.fromkeys(arms, 0.0)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    for start in range(0, len(prompts), batch_size):
+        batch, costs = generate_arms(model, tokenizer, prompts[start : start + batch_size], arms, **settings)
+        for arm in arms:
+            completions[arm] += batch[arm]
+            tokens[arm] += costs[arm][0]
+            seconds[arm] += costs[arm][1]
+    return completions, {arm: tokens[arm] / seconds[arm] for arm in arms}

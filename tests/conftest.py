@@ -11,6 +11,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 import tcopilot_peft  # noqa: F401  (registers the PEFT method)
@@ -42,6 +44,32 @@ def tiny_pilot(arch: str = "llama", seed: int = 0, hidden_size: int = 32, vocab_
     )
     torch.manual_seed(seed)
     return model_cls(config).eval()
+
+
+# T5 (ReLU, tied head, scaled decoder outputs) and T5 v1.1 / FLAN-T5 (gated GELU, untied head).
+T5_VARIANTS = {
+    "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    "flan-t5": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+def tiny_t5(variant: str = "flan-t5", seed: int = 0, d_model: int = 32, vocab_size: int = VOCAB, layers: int = 4):
+    """A tiny T5-family Pilot. (Encoder and decoder depths are equal: transformers 5.x cannot generate from a T5 whose
+    `num_decoder_layers` differs from `num_layers`, Copilot or not.)"""
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=8,
+        num_heads=4,
+        d_ff=2 * d_model,
+        num_layers=layers,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        **T5_VARIANTS[variant],
+    )
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(config).eval()
 
 
 def randomise_copilot(model, seed: int = 0, scale: float = 0.5) -> None:

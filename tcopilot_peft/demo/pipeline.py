@@ -10,8 +10,6 @@ tokens/s. Writes `results.json` and `demo.png`.
 from __future__ import annotations
 
 import json
-import math
-import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,11 +20,13 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from ..fusion import PilotPrediction, error_distance, fused_cross_entropy, shift_targets
-from ..generation import generate_arms
+from ..evaluation.diagnostics import copilot_ce_skill, copilot_rmse_skill
+from ..evaluation.statistics import choose_on_validation, paired_gain
+from ..generation import generate_greedy
 from ..trainer import CopilotSFTConfig, CopilotSFTTrainer
 from ..tuner import CopilotConfig
-from .tasks import extract_answer, task_splits
+from .report import format_table, plot_results
+from .tasks import answer_of, correct, task_splits
 
 
 LAMBDA_GRID = (0.3, 0.5, 1.0, 2.0)
@@ -110,111 +110,7 @@ def generation_budget(tokenizer, rows) -> int:
     return max(len(tokenizer(row["completion"]).input_ids) for row in rows) + 8
 
 
-def answer_of(row: dict) -> str:
-    return row.get("answer") or extract_answer(row["completion"]) or row["completion"].strip()
-
-
 # ---------------------------------------------------------------------- measurements
-
-
-def generate_both(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64, arms=("pilot", "fused")
-):
-    """Greedy completions without the Copilot and with it (the same model, prompts and decoding, interleaved batch
-    by batch so both arms see the same machine), and each arm's generated tokens per second."""
-    completions: dict[str, list[str]] = {arm: [] for arm in arms}
-    tokens, seconds = dict.fromkeys(arms, 0), dict.fromkeys(arms, 0.0)
-    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    for start in range(0, len(prompts), batch_size):
-        batch, costs = generate_arms(model, tokenizer, prompts[start : start + batch_size], arms, **settings)
-        for arm in arms:
-            completions[arm] += batch[arm]
-            tokens[arm] += costs[arm][0]
-            seconds[arm] += costs[arm][1]
-    return completions, {arm: tokens[arm] / seconds[arm] for arm in arms}
-
-
-def correct(completions: list[str], rows: list[dict]) -> list[bool]:
-    return [extract_answer(c) == answer_of(r) for c, r in zip(completions, rows)]
-
-
-def paired_gain(pilot: list[bool], fused: list[bool], seed: int = 0, resamples: int = 2000) -> dict:
-    """Mean accuracy gain (points) with a bootstrap 95% interval over items, and the discordant pair counts."""
-    differences = [int(f) - int(p) for p, f in zip(pilot, fused)]
-    rng = random.Random(seed)
-    n = len(differences)
-    means = sorted(sum(differences[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return {
-        "gain_points": 100 * sum(differences) / n,
-        "ci95_points": [100 * means[int(0.025 * resamples)], 100 * means[int(0.975 * resamples) - 1]],
-        "fixed_by_copilot": sum(d > 0 for d in differences),
-        "broken_by_copilot": sum(d < 0 for d in differences),
-    }
-
-
-def _teacher_forced(model, tokenizer, rows: list[dict], batch_size: int):
-    """Fused forward passes over prompt + completion; yields (outputs, next-token targets, completion mask)."""
-    tokenizer.padding_side = "right"
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        texts = [r["prompt"] + r["completion"] + tokenizer.eos_token for r in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        for i, row in enumerate(chunk):
-            labels[i, : len(tokenizer(row["prompt"]).input_ids)] = -100
-        out = model(**batch, labels=labels)
-        targets = shift_targets(labels)
-        yield out, targets, targets != -100
-
-
-@torch.no_grad()
-def copilot_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> float:
-    """1 − RMSE(f, ℓ) / RMSE(0, ℓ) on completion tokens, teacher-forced: above 0 the Copilot predicts the Pilot's
-    errors better than predicting no correction; near 0 predicts no gain; implausibly high suggests a leak."""
-    copilot_sq, zero_sq, count = 0.0, 0.0, 0
-    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
-        prediction = PilotPrediction.from_logits(out.pilot_logits[valid])
-        correction = out.copilot_logits[valid]
-        with_copilot = error_distance(correction, targets[valid], prediction)
-        without = error_distance(torch.zeros_like(correction), targets[valid], prediction)
-        copilot_sq += with_copilot.square().sum().item()
-        zero_sq += without.square().sum().item()
-        count += int(valid.sum())
-    return 1.0 - math.sqrt(copilot_sq / count) / math.sqrt(zero_sq / count)
-
-
-@torch.no_grad()
-def copilot_ce_skill(model, tokenizer, rows: list[dict], batch_size: int = 32) -> dict[str, float]:
-    """The Copilot's skill in the metric of the default loss: the cross-entropy of softmax(log p̂ + f) (logit fusion
-    at λ = 1) against the Pilot's own, teacher-forced on completion tokens. `skill` = 1 − fused / Pilot: above 0 the
-    Copilot's correction makes the gold tokens more likely on these rows."""
-    fused_sum, pilot_sum, count = 0.0, 0.0, 0
-    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
-        prediction = PilotPrediction.from_logits(out.pilot_logits[valid])
-        correction = out.copilot_logits[valid]
-        fused_sum += fused_cross_entropy(correction, targets[valid], prediction).sum().item()
-        pilot_sum += fused_cross_entropy(torch.zeros_like(correction), targets[valid], prediction).sum().item()
-        count += int(valid.sum())
-    return {"pilot_ce": pilot_sum / count, "fused_ce": fused_sum / count, "skill": 1.0 - fused_sum / pilot_sum}
-
-
-@torch.no_grad()
-def pilot_calibration(model, tokenizer, rows: list[dict], batch_size: int = 32, bins: int = 10) -> dict[str, float]:
-    """The Pilot's teacher-forced token accuracy and expected calibration error (top-1 confidence vs accuracy, in
-    equal-width bins) on completion tokens. A calibrated Pilot's errors ℓ have conditional mean ≈ 0 given what it
-    saw, which is all a Copilot trained by regression on ℓ can learn to predict."""
-    confidences, hits = [], []
-    for out, targets, valid in _teacher_forced(model, tokenizer, rows, batch_size):
-        probs = torch.softmax(out.pilot_logits.float(), -1)[valid]
-        confidence, prediction = probs.max(-1)
-        confidences.append(confidence)
-        hits.append((prediction == targets[valid]).float())
-    confidence, hit = torch.cat(confidences), torch.cat(hits)
-    which = (confidence * bins).long().clamp_max(bins - 1)
-    gap = sum(
-        (confidence[which == b].sum() - hit[which == b].sum()).abs().item() for b in range(bins) if (which == b).any()
-    )
-    return {"token_accuracy": hit.mean().item(), "expected_calibration_error": gap / len(hit)}
 
 
 def plain_sft(settings: DemoSettings, train: Dataset, output_dir: Path, max_steps: int, model=None, **overrides):
@@ -284,22 +180,22 @@ def fine_tune(model, tokenizer, train: Dataset, settings: DemoSettings, output_d
     return trainer, timer
 
 
-def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int, arm: str) -> float:
-    completions, _ = generate_both(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, arms=(arm,))
-    return sum(correct(completions[arm], rows)) / len(rows)
+def score_arm(model, tokenizer, rows: list[dict], max_new_tokens: int, arm: str) -> list[bool]:
+    """Per-row correctness of one arm's greedy answers ("pilot": the Copilot off; "fused": the model as it is)."""
+    completions, _ = generate_greedy(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, arms=(arm,))
+    return correct(completions[arm], rows)
 
 
 def choose_lambda(model, tokenizer, validation: list[dict], settings: DemoSettings):
-    """λ with the best fused accuracy on the validation split (ties go to the value nearest 1); the test split is
-    never looked at. Returns the Pilot's validation accuracy, the score per λ, and the choice."""
+    """λ with the best fused accuracy on the validation split (`choose_on_validation`); the test split is never
+    looked at. Returns the Pilot's validation accuracy, the score per λ, and the choice."""
     config = model.peft_config[model.active_adapter]
-    pilot = accuracy(model, tokenizer, validation, settings.max_new_tokens, "pilot")
+    pilot = statistics.mean(score_arm(model, tokenizer, validation, settings.max_new_tokens, "pilot"))
     scores = {}
     for value in settings.lambda_grid:
         config.fusion_lambda = value
-        scores[value] = accuracy(model, tokenizer, validation, settings.max_new_tokens, "fused")
-    best = max(settings.lambda_grid, key=lambda v: (scores[v], -abs(v - 1.0)))
-    return pilot, scores, best
+        scores[value] = statistics.mean(score_arm(model, tokenizer, validation, settings.max_new_tokens, "fused"))
+    return pilot, scores, choose_on_validation(scores)
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -321,6 +217,24 @@ def pilot_and_copilot(settings: DemoSettings):
     return model, tokenizer, pilot_params, copilot_params
 
 
+def training_record(trainer: CopilotSFTTrainer, timer: StepTimer, plain_step: float) -> dict:
+    """What the demo reports of its training run: time, the step-time ratio against plain SFT (`plain_step`
+    seconds), the Mistake Log's size, and both loss curves."""
+    history = trainer.state.log_history
+    copilot_step = statistics.median(timer.times[2:]) if len(timer.times) > 3 else float("nan")
+    return {
+        "train_seconds": sum(timer.times),
+        "training_step_ratio": copilot_step / plain_step,
+        "copilot_step_seconds": copilot_step,
+        "plain_sft_step_seconds": plain_step,
+        "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
+        "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+        "copilot_loss_curve": [
+            {"step": e["step"], "copilot_loss": e["copilot_loss"]} for e in history if "copilot_loss" in e
+        ],
+    }
+
+
 def run_demo(settings: DemoSettings) -> dict:
     output_dir = Path(settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +247,6 @@ def run_demo(settings: DemoSettings) -> dict:
 
     say("fine-tuning the Pilot with the Copilot (Algorithm 1)")
     trainer, timer = fine_tune(model, tokenizer, splits["train"], settings, output_dir / "checkpoints")
-    train_seconds = sum(timer.times)
     model.save_pretrained(output_dir / "copilot")
     model.eval()
 
@@ -344,20 +257,17 @@ def run_demo(settings: DemoSettings) -> dict:
     model.peft_config[model.active_adapter].fusion_lambda = best
 
     say(f"test split: Pilot alone and Pilot + Copilot (λ={best}) on the same {len(test)} prompts")
-    completions, speed = generate_both(model, tokenizer, [r["prompt"] for r in test], settings.max_new_tokens)
+    completions, speed = generate_greedy(model, tokenizer, [r["prompt"] for r in test], settings.max_new_tokens)
     pilot_correct = correct(completions["pilot"], test)
     fused_correct = correct(completions["fused"], test)
     gain = paired_gain(pilot_correct, fused_correct, seed=settings.seed)
     say("measuring the Copilot's held-out skill and the training overhead")
-    skill_test = copilot_skill(model, tokenizer, test)
-    skill_train = copilot_skill(
+    skill_test = copilot_rmse_skill(model, tokenizer, test)
+    skill_train = copilot_rmse_skill(
         model, tokenizer, splits["train"].select(range(min(400, len(splits["train"])))).to_list()
     )
     ce_skill = copilot_ce_skill(model, tokenizer, test)
-    copilot_step = statistics.median(timer.times[2:]) if len(timer.times) > 3 else float("nan")
     plain_step = plain_sft_step_time(settings, splits["train"], output_dir)
-
-    history = trainer.state.log_history
     results = {
         "settings": asdict(settings),
         "pilot_accuracy": sum(pilot_correct) / len(test),
@@ -369,20 +279,12 @@ def run_demo(settings: DemoSettings) -> dict:
         "copilot_skill_test": skill_test,
         "copilot_skill_train": skill_train,
         "copilot_ce_skill_test": ce_skill,
-        "train_seconds": train_seconds,
-        "training_step_ratio": copilot_step / plain_step,
-        "copilot_step_seconds": copilot_step,
-        "plain_sft_step_seconds": plain_step,
+        **training_record(trainer, timer, plain_step),
         "pilot_tokens_per_second": speed["pilot"],
         "fused_tokens_per_second": speed["fused"],
         "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
         "copilot_parameters": copilot_params,
         "pilot_parameters": pilot_params,
-        "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
-        "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
-        "copilot_loss_curve": [
-            {"step": e["step"], "copilot_loss": e["copilot_loss"]} for e in history if "copilot_loss" in e
-        ],
         "examples": [
             {"prompt": r["prompt"], "gold": answer_of(r), "pilot": p, "fused": f}
             for r, p, f in list(zip(test, completions["pilot"], completions["fused"]))[:5]
@@ -394,58 +296,3 @@ def run_demo(settings: DemoSettings) -> dict:
     print(format_table(results))
     say(f"wrote {output_dir / 'results.json'} and {output_dir / 'demo.png'} ({results['wall_seconds']:.0f} s)")
     return results
-
-
-def format_table(results: dict) -> str:
-    low, high = results["ci95_points"]
-    skill = results["copilot_skill_test"]
-    rows = [
-        ("Pilot alone, test accuracy", f"{100 * results['pilot_accuracy']:.1f}%"),
-        (f"Pilot + Copilot (λ={results['chosen_lambda']}), test accuracy", f"{100 * results['fused_accuracy']:.1f}%"),
-        ("gain (paired, 95% bootstrap interval)", f"{results['gain_points']:+.1f} points [{low:+.1f}, {high:+.1f}]"),
-        ("items fixed / broken by the Copilot", f"{results['fixed_by_copilot']} / {results['broken_by_copilot']}"),
-        (
-            "held-out cross-entropy, Pilot → fused (λ = 1, logit)",
-            f"{results['copilot_ce_skill_test']['pilot_ce']:.3f} → {results['copilot_ce_skill_test']['fused_ce']:.3f}",
-        ),
-        *(
-            [("Copilot RMSE skill vs ℓ, held-out (train)", f"{skill:+.3f} ({results['copilot_skill_train']:+.3f})")]
-            if results["settings"]["copilot_loss"] != "fused_ce"  # regression skill means nothing for a log-odds f
-            else []
-        ),
-        ("training step time vs plain SFTTrainer", f"{results['training_step_ratio']:.2f}×"),
-        ("generation tokens/s, fused vs Pilot", f"{results['tokens_per_second_ratio']:.2f}×"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
-    lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
-    return "\n".join(lines)
-
-
-def plot_results(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (curves, bars) = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [e["step"] for e in results["loss_curve"]]
-    curves.plot(steps, [e["loss"] for e in results["loss_curve"]], label="Pilot loss (cross-entropy)")
-    curves.plot(
-        [e["step"] for e in results["copilot_loss_curve"]],
-        [e["copilot_loss"] for e in results["copilot_loss_curve"]],
-        label=f"Copilot loss ({results['settings']['copilot_loss']})",
-    )
-    curves.set_xlabel("training step")
-    curves.set_title("Joint training")
-    curves.legend()
-    values = [100 * results["pilot_accuracy"], 100 * results["fused_accuracy"]]
-    bars.bar(["Pilot alone", "Pilot + Copilot"], values, color=["#888888", "#1f77b4"])
-    for x, value in enumerate(values):
-        bars.text(x, value, f"{value:.1f}%", ha="center", va="bottom")
-    bars.set_ylabel("test answer accuracy (%)")
-    low, high = results["ci95_points"]
-    bars.set_title(f"gain {results['gain_points']:+.1f} points [{low:+.1f}, {high:+.1f}]")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

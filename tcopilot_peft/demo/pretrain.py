@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ..fusion import IGNORE_INDEX
 from ..toy import char_tokenizer
 from .tasks import PRETRAINING_SKILLS, pretraining_text
 
@@ -45,7 +46,7 @@ def pilot_config(vocab_size: int, hidden_size: int = 128, layers: int = 4) -> Ll
 def batch_of_lines(tokenizer, rng: random.Random, size: int) -> dict[str, torch.Tensor]:
     lines = [pretraining_text(rng) + tokenizer.eos_token for _ in range(size)]
     batch = tokenizer(lines, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
     return {**batch, "labels": labels}
 
 

@@ -166,3 +166,13 @@ def extract_answer(completion: str) -> str | None:
         else:
             break
     return digits or None
+
+
+def answer_of(row: dict) -> str:
+    """The gold answer of a row: its "answer" field, else the one its completion states."""
+    return row.get("answer") or extract_answer(row["completion"]) or row["completion"].strip()
+
+
+def correct(completions: list[str], rows: list[dict]) -> list[bool]:
+    """Per row: does the completion's stated answer equal the row's gold answer."""
+    return [extract_answer(c) == answer_of(r) for c, r in zip(completions, rows)]

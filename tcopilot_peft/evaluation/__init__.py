@@ -6,4 +6,7 @@
 * `scoring`: fused scoring of given continuations, shared by `lm_eval` and `explain`.
 * `lm_eval`: `CopilotLM`, the lm-evaluation-harness model (`python -m tcopilot_peft.evaluation` runs lm-eval's CLI).
 * `explain`: the paper's Figures 3 and 4 for a prompt or a dataset (`tcopilot explain`).
+* `statistics`: paired gains with a bootstrap interval, McNemar's test, and the one validation choice rule.
+* `diagnostics`: teacher-forced measures of a trained Copilot (error-prediction and cross-entropy skill) and of
+  its Pilot's calibration.
 """

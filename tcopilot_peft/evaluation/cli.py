@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..cli import UsageError
+from ..tuner.config import FUSION_MODES
 from .benchmarks import DataError, LoadedBenchmark, get_benchmark, load_benchmark, resolve_sources
 
 
@@ -31,7 +32,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     group.add_argument("--tokenizer", help="tokenizer directory or hub id (default: --model)")
     group.add_argument("--fusion-lambda", type=float, help="override the adapter's λ (0 reproduces the Pilot)")
-    group.add_argument("--fusion-mode", choices=["prob", "logit"], help="override the adapter's fusion space")
+    group.add_argument("--fusion-mode", choices=FUSION_MODES, help="override the adapter's fusion space")
     group.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (bitsandbytes)")
     group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 

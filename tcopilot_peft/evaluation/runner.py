@@ -20,6 +20,7 @@ from typing import Any
 from ..generation import generate_arms
 from .benchmarks import BenchmarkSpec, Example, LoadedBenchmark
 from .extraction import answers_match, extract_answer
+from .statistics import mcnemar_p_value
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -264,15 +265,6 @@ def evaluate_benchmark(
 
 
 # ---------------------------------------------------------------------- scores
-
-
-def mcnemar_p_value(only_first: int, only_second: int) -> float:
-    """Exact two-sided McNemar test on the discordant pairs (a binomial test of `only_first` out of both at 1/2)."""
-    total = only_first + only_second
-    if total == 0:
-        return 1.0
-    tail = sum(math.comb(total, k) for k in range(min(only_first, only_second) + 1)) / 2**total
-    return min(1.0, 2 * tail)
 
 
 def relative_improvement(pilot: float, fused: float) -> float | None:

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+# transformers renamed the outputs' `past_key_values` to `cache` (5.2x); read and write whichever this version uses.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -19,8 +24,8 @@ class CopilotCacheView:
 
     Args:
         cache: the Pilot's cache, shared.
-        first_slot: the slot of the Copilot's first block (= the Pilot's number of layers).
-        pending_slot: the slot holding the pending input (after the Copilot's blocks).
+        first_slot: the Copilot's first slot (= the Pilot's number of decoder layers).
+        pending_slot: the slot holding the pending input (after the Copilot's slots).
         past: positions already in the Copilot's slots before this call.
     """
 
@@ -30,23 +35,30 @@ class CopilotCacheView:
     past: int
 
     @classmethod
-    def attach(cls, cache, pilot_layers: int, copilot_layers: int) -> CopilotCacheView:
-        """The view of `cache`, adding the Copilot's slots on its first use."""
-        if not isinstance(cache, DynamicCache):
+    def attach(cls, cache, pilot_layers: int, copilot_slots: int) -> CopilotCacheView:
+        """The view of `cache` (a `DynamicCache`, or an encoder-decoder Pilot's `EncoderDecoderCache`, whose
+        self-attention part then holds the slots), adding the Copilot's slots on its first use."""
+        slots = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        if not isinstance(slots, DynamicCache):
             raise ValueError(
                 f"Copilot generation needs a DynamicCache (the default), got {type(cache).__name__}; "
                 "do not pass cache_implementation='static' or another cache type."
             )
-        pending_slot = pilot_layers + copilot_layers
-        while len(cache.layers) <= pending_slot:
-            cache.layers.append(DynamicLayer())
-        return cls(cache, pilot_layers, pending_slot, cache.layers[pending_slot].get_seq_length())
+        pending_slot = pilot_layers + copilot_slots
+        for part in (slots, cache.cross_attention_cache) if slots is not cache else (slots,):
+            while len(part.layers) <= pending_slot:
+                part.layers.append(DynamicLayer())
+        return cls(cache, pilot_layers, pending_slot, slots.layers[pending_slot].get_seq_length())
+
+    @property
+    def _slots(self) -> DynamicCache:
+        return self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
 
     def pending(self) -> torch.Tensor:
         """The pending input of the last position seen, `(batch, 1, width)` float32."""
-        return self.cache.layers[self.pending_slot].keys[:, 0, -1:, :].float()
+        return self._slots.layers[self.pending_slot].keys[:, 0, -1:, :].float()
 
     def store_pending(self, pending: torch.Tensor) -> None:
         """Append this call's pending inputs `(batch, n, width)`, stored as keys (the values are empty)."""
         stored = pending.unsqueeze(1)
-        self.cache.update(stored, stored[..., :0], self.pending_slot)
+        self._slots.update(stored, stored[..., :0], self.pending_slot)

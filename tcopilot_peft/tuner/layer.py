@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.cache_utils import DynamicCache
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding
 from .cache import CopilotCacheView
@@ -132,34 +131,38 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         memory_x: torch.Tensor,
         memory_h: torch.Tensor,
         key_valid: torch.Tensor,
+        token_embeds: torch.Tensor,
         generated: torch.Tensor,
         view: CopilotCacheView | None,
         pilot_logits: torch.Tensor | None,
     ) -> torch.Tensor:
         """u at every position of this call. `generated` (`(B, n)`, bool) marks positions whose input is the error
         at the previous, generated, position; the others read 0. With `pilot_logits` the Copilot reads
-        onehot(ŷ) − p̂ there, without them its own previous output."""
-        previous = view.pending() if view is not None and view.past else torch.zeros_like(memory_x[:, :1]).float()
+        onehot(ŷ) − p̂ there (`token_embeds`, the embeddings of this call's input tokens, give onehot(ŷ)·E), without
+        them its own previous output."""
+        previous = view.pending() if view is not None and view.past else torch.zeros_like(token_embeds[:, :1]).float()
         generated = generated.unsqueeze(-1)
         if pilot_logits is not None:
-            u, pending = self._on_pilot_errors(memory_x, memory_h, key_valid, generated, view, pilot_logits, previous)
+            u, pending = self._on_pilot_errors(
+                memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous
+            )
         else:
             u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated, view, previous)
         if view is not None:
             view.store_pending(pending)
         return u
 
-    def _on_pilot_errors(self, memory_x, memory_h, key_valid, generated, view, pilot_logits, previous):
+    def _on_pilot_errors(self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous):
         """Every input is known from the Pilot's logits of this call, so the whole call runs as one chunk.
 
-        `pending[:, t]` = −p̂_t·E: at position t + 1, once generated, E[ŷ_{t+1}] = X̃_{t+1} is added to it.
+        `pending[:, t]` = −p̂_t·E: at position t + 1, once generated, the embedding of its input token ŷ_t is added.
         """
         # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
         z = pilot_logits.detach().float()
         # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
         probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
         pending = -(probs @ self.embedding_weight().float())
-        inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + memory_x.float()) * generated
+        inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + token_embeds.float()) * generated
         cache, offset = (view.cache, view.first_slot) if view is not None else (None, 0)
         return self.active_network(inputs, memory_x, memory_h, key_valid, cache, offset), pending
 
@@ -168,27 +171,27 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         as one chunk; each later position reads the previous one's output f·E = u·G, so they run one at a time.
         `pending[:, t]` = u_t·G."""
         network, gram = self.active_network, self.gram()
-        batch, length, width = memory_x.shape
+        batch, length, width = memory_h.shape
         past = view.past if view is not None else 0
         any_generated = generated.squeeze(-1).any(0)
         split = max(1, int(any_generated.float().argmax()) if any_generated.any() else length)
         # Without the Pilot's cache, positions after the split still need the earlier ones' keys: a scratch cache.
-        cache = view.cache if view is not None else (DynamicCache() if split < length else None)
+        cache = view.cache if view is not None else (network.scratch_cache() if split < length else None)
         offset = view.first_slot if view is not None else 0
         outputs = []
         for start, end in [(0, split)] + [(t, t + 1) for t in range(split, length)]:
-            inputs = torch.zeros(batch, end - start, width, device=memory_x.device)
+            inputs = torch.zeros(batch, end - start, width, device=memory_h.device)
             inputs[:, :1] = previous * generated[:, start : start + 1]
-            outputs.append(
-                network(
-                    inputs,
-                    memory_x[:, start:end],
-                    memory_h[:, start:end],
-                    key_valid[:, : past + end],
-                    cache,
-                    offset,
-                )
-            )
+            span_x, span_valid = network.memory_span(memory_x, key_valid, start, end, past)
+            outputs.append(network(inputs, span_x, memory_h[:, start:end], span_valid, cache, offset))
             previous = outputs[-1][:, -1:].float() @ gram
         u = torch.cat(outputs, dim=1)
         return u, u.float() @ gram
+
+
+def generated_positions(prompt_length, past: int, batch: int, length: int, device) -> torch.Tensor:
+    """`(batch, length)` bool: which of this call's positions come after the prompt (none when it is unknown)."""
+    if prompt_length is None:
+        return torch.zeros(batch, length, dtype=torch.bool, device=device)
+    positions = past + torch.arange(length, device=device)
+    return (positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)).expand(batch, length)

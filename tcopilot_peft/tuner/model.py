@@ -38,11 +38,12 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets
-from .cache import CopilotCacheView
+from .cache import CACHE_FIELD, CopilotCacheView
 from .config import CopilotConfig
-from .layer import CopilotLayer
+from .layer import CopilotLayer, generated_positions
 from .network import CopilotNetwork
-from .pilot import build_copilot, check_pilot, pilot_signature, unwrap_lora_pilot
+from .pilot import build_copilot, check_pilot, is_encoder_decoder, pilot_signature, unwrap_lora_pilot
+from .seq2seq import DECODER_PROMPT_LENGTH, seq2seq_forward
 
 
 # The Copilot is a separate network reading the Pilot's states and errors; there is no weight delta to fold in.
@@ -52,8 +53,6 @@ _PILOT_LOSS_WARNING = (
     "Copilot, so training on it leaves the Copilot unchanged. Train the Copilot with `CopilotSFTTrainer`, or "
     "backpropagate `outputs.copilot_loss` in a custom loop."
 )
-# transformers renamed `past_key_values` to `cache` (5.2x); read and write whichever this version uses.
-_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -104,6 +103,7 @@ class CopilotModel(BaseTuner):
     def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
         self.copilot_layer = CopilotLayer(model)
         self._generation_prompt_length: int | None = None
+        self._pilot_forward = None  # while generating: the Pilot's original forward (its `forward` is then fused)
         self._warned_pilot_loss = False
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
@@ -232,6 +232,16 @@ class CopilotModel(BaseTuner):
     def active_network(self) -> CopilotNetwork:
         return self.copilot_model[self.active_adapter]
 
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether the Pilot is an encoder-decoder (T5-family) model."""
+        return is_encoder_decoder(self.model)
+
+    def targets_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """`targets[:, t]`, the token position t predicts: the next label for a causal LM, the label itself for an
+        encoder-decoder Pilot (its decoder reads the labels shifted right)."""
+        return labels if self.encoder_decoder else shift_targets(labels)
+
     def _copilot_active(self) -> bool:
         return (
             not self.copilot_layer.disable_adapters
@@ -316,6 +326,11 @@ class CopilotModel(BaseTuner):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
+        if self.encoder_decoder:
+            kwargs.update(input_ids=input_ids, inputs_embeds=inputs_embeds)
+            return seq2seq_forward(
+                self, attention_mask, labels, copilot_prompt_length, copilot_teacher_forcing, kwargs
+            )
         keep_hidden = kwargs.pop("output_hidden_states", False)
         # The Pilot's causal-LM forward is decoder → LM head on the kept positions → loss, the same for every
         # supported family; it is run in those steps here so the Copilot can read the decoder's states.
@@ -353,7 +368,7 @@ class CopilotModel(BaseTuner):
             pilot_target_logits=target_logits,
             copilot_memory_x=memory_x,
             copilot_memory_h=memory_h,
-            **{_CACHE_FIELD: decoder_out.get(_CACHE_FIELD)},
+            **{CACHE_FIELD: decoder_out.get(CACHE_FIELD)},
         )
 
     def _teacher_forced_forward(
@@ -361,13 +376,10 @@ class CopilotModel(BaseTuner):
     ) -> CopilotCausalLMOutput:
         """The Copilot on the Pilot's true errors: fused logits, the Pilot's loss and the Copilot's."""
         hidden = decoder_out.last_hidden_state
-        cache = decoder_out.get(_CACHE_FIELD)
+        cache = decoder_out.get(CACHE_FIELD)
         if cache is not None and cache.get_seq_length() > hidden.shape[1]:
             raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-        if self.training and not self._warned_pilot_loss:
-            # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
-            self._warned_pilot_loss = True
-            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=3)
+        self._warn_once_pilot_loss()
         memory_x, memory_h = self._memory(decoder_out)
         key_valid = _key_valid(attention_mask, *hidden.shape[:2], hidden.device)
         pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
@@ -385,7 +397,7 @@ class CopilotModel(BaseTuner):
             copilot_loss=copilot_loss_value,
             copilot_memory_x=memory_x,
             copilot_memory_h=memory_h,
-            **{_CACHE_FIELD: cache},
+            **{CACHE_FIELD: cache},
         )
 
     def _inference_forward(self, decoder_out, attention_mask, logits_to_keep, prompt_length, components):
@@ -395,33 +407,39 @@ class CopilotModel(BaseTuner):
         hidden = decoder_out.last_hidden_state
         memory_x, memory_h = self._memory(decoder_out)
         batch, length = memory_x.shape[:2]
-        cache = decoder_out.get(_CACHE_FIELD)
+        cache = decoder_out.get(CACHE_FIELD)
         view = None
         if cache is not None:
             pilot_layers = self.model.config.get_text_config().num_hidden_layers
-            view = CopilotCacheView.attach(cache, pilot_layers, self.active_network.config.num_layers)
+            view = CopilotCacheView.attach(cache, pilot_layers, self.active_network.cache_slots)
         past = view.past if view is not None else 0
         key_valid = _key_valid(attention_mask, batch, past + length, hidden.device)
         if prompt_length is None:
             prompt_length = self._generation_prompt_length
-        generated = _generated_positions(prompt_length, past, batch, length, hidden.device)
+        generated = generated_positions(prompt_length, past, batch, length, hidden.device)
         # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
         pilot_logits = self.model.lm_head(hidden) if config.inference_feed == "pilot_error" else None
-        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, generated, view, pilot_logits)
+        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, pilot_logits)
         hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
         if pilot_logits is not None:
             pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_layer.head(u)
         elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
             fused = self.model.lm_head(hidden + config.fusion_lambda * u.to(hidden.dtype))
-            return CopilotCausalLMOutput(logits=fused, **{_CACHE_FIELD: cache})
+            return CopilotCausalLMOutput(logits=fused, **{CACHE_FIELD: cache})
         else:
             pilot_logits, correction = self._logits_and_correction(hidden, u)
         return CopilotCausalLMOutput(
             logits=self._fuse(pilot_logits, correction),
             pilot_logits=pilot_logits,
             copilot_logits=correction,
-            **{_CACHE_FIELD: cache},
+            **{CACHE_FIELD: cache},
         )
+
+    def _warn_once_pilot_loss(self) -> None:
+        if self.training and not self._warned_pilot_loss:
+            # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
+            self._warned_pilot_loss = True
+            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=4)
 
     def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         config = self.active_config
@@ -442,13 +460,21 @@ class CopilotModel(BaseTuner):
         """The Pilot's `generate()` on fused logits; every decoding strategy works (Copilot off: the Pilot's own)."""
         if not self._copilot_active():
             return self.model.generate(*args, **kwargs)
+        with self._route_generation_through_fusion(prompt_length=self._generation_prompt(args, kwargs)):
+            return self.model.generate(*args, **kwargs)
+
+    def _generation_prompt(self, args: tuple, kwargs: dict) -> int:
+        """Where generated positions start: after the input (decoder-only), or after the decoder's prompt (its start
+        token, or the `decoder_input_ids` given) for an encoder-decoder Pilot."""
+        if self.encoder_decoder:
+            decoder_prompt = kwargs.get("decoder_input_ids")
+            return decoder_prompt.shape[1] if decoder_prompt is not None else DECODER_PROMPT_LENGTH
         inputs = kwargs.get("input_ids", args[0] if args else None)
         if inputs is None:
             inputs = kwargs.get("inputs_embeds")
         if inputs is None:
             raise ValueError("Copilot generation needs `input_ids` or `inputs_embeds`.")
-        with self._route_generation_through_fusion(prompt_length=inputs.shape[1]):
-            return self.model.generate(*args, **kwargs)
+        return inputs.shape[1]
 
     @contextmanager
     def _route_generation_through_fusion(self, prompt_length: int):
@@ -461,6 +487,8 @@ class CopilotModel(BaseTuner):
             return self.forward(*args, copilot_components=False, **kwargs)
 
         pilot.forward = fused
+        # An encoder-decoder Pilot's whole forward runs inside the fused one: it must reach the original, not `fused`.
+        self._pilot_forward = original
         self._generation_prompt_length = prompt_length
         try:
             yield
@@ -469,6 +497,7 @@ class CopilotModel(BaseTuner):
                 pilot.forward = original
             else:
                 del pilot.forward
+            self._pilot_forward = None
             self._generation_prompt_length = None
 
 
@@ -494,11 +523,3 @@ def _keep_positions(tensor: torch.Tensor, logits_to_keep: int | torch.Tensor) ->
     if isinstance(logits_to_keep, int):
         return tensor if logits_to_keep == 0 else tensor[:, -logits_to_keep:]
     return tensor[:, logits_to_keep]
-
-
-def _generated_positions(prompt_length, past: int, batch: int, length: int, device) -> torch.Tensor:
-    """`(batch, length)` bool: which of this call's positions come after the prompt (none when it is unknown)."""
-    if prompt_length is None:
-        return torch.zeros(batch, length, dtype=torch.bool, device=device)
-    positions = past + torch.arange(length, device=device)
-    return positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicCache
 
 from .bnb import base_linear, dequantized_weight
 
@@ -172,11 +173,31 @@ class CopilotNetwork(nn.Module):
         self.memory_h_norm = RMSNorm(d_p, config.rms_norm_eps)
         # Dimension alignment (App. E.2) when the Copilot is narrower or wider than the Pilot; shared by all layers.
         self.memory_proj = nn.Linear(d_p, d_c, bias=False) if d_p != d_c else nn.Identity()
-        # 1-based odd layers self-attend, even layers cross-attend (the paper's "Pattern 1").
-        self.layers = nn.ModuleList([Block(config, is_cross=(i % 2 == 1)) for i in range(config.num_layers)])
+        self.layers = self._make_layers(config)
         self.final_norm = RMSNorm(d_c, config.rms_norm_eps)
         self.output_proj = nn.Linear(d_c, d_p, bias=False)
         self.reset_io_parameters()
+
+    @staticmethod
+    def _make_layers(config) -> nn.ModuleList:
+        # 1-based odd layers self-attend, even layers cross-attend (the paper's "Pattern 1").
+        return nn.ModuleList([Block(config, is_cross=(i % 2 == 1)) for i in range(config.num_layers)])
+
+    @property
+    def cache_slots(self) -> int:
+        """KV-cache slots the network uses (`cache_offset` … `cache_offset + cache_slots − 1`)."""
+        return self.config.num_layers
+
+    @staticmethod
+    def memory_span(memory_x, key_valid, start: int, end: int, past: int):
+        """`memory_x` and `key_valid` for a call over positions `start:end` of a longer one (`past` positions before
+        it): X̃ is per position, and keys are valid up to the last position of the span."""
+        return memory_x[:, start:end], key_valid[:, : past + end]
+
+    @staticmethod
+    def scratch_cache():
+        """An empty cache of the kind `forward` reads, for calls that must run position by position."""
+        return DynamicCache()
 
     def reset_io_parameters(self) -> None:
         """Initialise the maps around the blocks. The output map starts at zero, so a new Copilot corrects nothing."""

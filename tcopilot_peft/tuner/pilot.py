@@ -11,9 +11,12 @@ from torch import nn
 from .bnb import base_linear
 from .config import CopilotConfig
 from .network import CopilotNetwork, CopilotNetworkConfig
+from .network_t5 import T5CopilotNetwork, T5CopilotNetworkConfig
 
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+DECODER_ONLY_MODEL_TYPES = ("llama", "qwen2", "mistral")
+ENCODER_DECODER_MODEL_TYPES = ("t5",)  # T5, T5 v1.1 and FLAN-T5 configs all have model_type "t5"
+SUPPORTED_MODEL_TYPES = DECODER_ONLY_MODEL_TYPES + ENCODER_DECODER_MODEL_TYPES
 
 
 def pilot_signature(model: nn.Module) -> dict[str, object]:
@@ -35,6 +38,12 @@ def check_pilot(model: nn.Module, config: CopilotConfig) -> None:
         raise ValueError(
             f"Transformer Copilot does not support the Pilot architecture {model_type!r} "
             f"({type(model).__name__}); supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+        )
+    saved_type = config.pilot_model_type
+    if saved_type is not None and (saved_type in ENCODER_DECODER_MODEL_TYPES) != is_encoder_decoder(model):
+        raise ValueError(
+            f"This Copilot was trained for a {saved_type!r} Pilot and cannot run on a {model_type!r} Pilot: "
+            "encoder-decoder and decoder-only Copilots are different networks."
         )
     signature = pilot_signature(model)
     for field, what in (("pilot_vocab_size", "vocabulary size"), ("pilot_hidden_size", "hidden size")):
@@ -66,8 +75,19 @@ def unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
     return base
 
 
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def num_decoder_layers(model: nn.Module) -> int:
+    config = model.config.get_text_config()
+    return config.num_decoder_layers if is_encoder_decoder(model) else config.num_hidden_layers
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    """The Pilot's decoder blocks: `model.layers` (Llama family) or `decoder.block` (T5)."""
+    owner, name = (getattr(model, "decoder", None), "block") if is_encoder_decoder(model) else (model.model, "layers")
+    layers = getattr(owner, name, None)
     if layers is None:
         raise ValueError(f"Cannot find the decoder layers of {type(model).__name__} (expected `model.layers`).")
     return layers
@@ -76,8 +96,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def build_copilot(model: nn.Module, config: CopilotConfig) -> CopilotNetwork:
     """The Copilot network for `config` on the Pilot `model`: a saved adapter's shape (its weights are loaded after),
     or a new one initialised from the Pilot's layers, a smaller pretrained decoder's, or randomly."""
+    network_class = T5CopilotNetwork if is_encoder_decoder(model) else CopilotNetwork
     if config.copilot_architecture is not None and config.inference_mode:
-        return CopilotNetwork(_saved_architecture(config))  # weights are overwritten right after: nothing to copy
+        return network_class(_saved_architecture(config))  # weights are overwritten right after: nothing to copy
     source = _pretrained_source(model, config) if config.init == "pretrained" else model
     architecture = (
         _saved_architecture(config)
@@ -86,23 +107,28 @@ def build_copilot(model: nn.Module, config: CopilotConfig) -> CopilotNetwork:
     )
     if config.init == "random":
         std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
-        return CopilotNetwork.with_random_blocks(architecture, std)
-    return CopilotNetwork.from_decoder_layers(architecture, decoder_layers(source), config.init_layers)
+        return network_class.with_random_blocks(architecture, std)
+    return network_class.from_decoder_layers(architecture, decoder_layers(source), config.init_layers)
 
 
-def _saved_architecture(config: CopilotConfig) -> CopilotNetworkConfig:
-    architecture = CopilotNetworkConfig(**config.copilot_architecture)
+def _saved_architecture(config: CopilotConfig) -> CopilotNetworkConfig | T5CopilotNetworkConfig:
+    fields = dict(config.copilot_architecture)
+    architecture_class = T5CopilotNetworkConfig if fields.get("family") == "t5" else CopilotNetworkConfig
+    fields.pop("family", None)
+    architecture = architecture_class(**fields)
     architecture.dropout = config.dropout
     return architecture
 
 
-def _new_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module) -> CopilotNetworkConfig:
+def _new_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module):
     """Blocks of the source's shape (the Pilot's, or the pretrained decoder's) reading the Pilot's width."""
-    shape = source.config.get_text_config()
     num_layers = config.num_layers
     if num_layers is None:
-        pilot_layers = model.config.get_text_config().num_hidden_layers
-        num_layers = shape.num_hidden_layers if config.init == "pretrained" else max(2, pilot_layers // 4)
+        source_layers = num_decoder_layers(source)
+        num_layers = source_layers if config.init == "pretrained" else max(2, num_decoder_layers(model) // 4)
+    if is_encoder_decoder(model):
+        return _t5_architecture(model, config, source, num_layers)
+    shape = source.config.get_text_config()
     return CopilotNetworkConfig(
         memory_size=model.config.get_text_config().hidden_size,
         hidden_size=shape.hidden_size,
@@ -116,11 +142,30 @@ def _new_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module
     )
 
 
+def _t5_architecture(model: nn.Module, config: CopilotConfig, source: nn.Module, num_layers: int):
+    shape = source.config
+    return T5CopilotNetworkConfig(
+        memory_size=model.config.d_model,
+        hidden_size=shape.d_model,
+        num_layers=num_layers,
+        num_attention_heads=shape.num_heads,
+        head_dim=shape.d_kv,
+        intermediate_size=shape.d_ff,
+        gated=shape.is_gated_act,
+        activation=shape.dense_act_fn,
+        relative_attention_num_buckets=shape.relative_attention_num_buckets,
+        relative_attention_max_distance=shape.relative_attention_max_distance,
+        rms_norm_eps=shape.layer_norm_epsilon,
+        dropout=config.dropout,
+    )
+
+
 def _pretrained_source(model: nn.Module, config: CopilotConfig) -> nn.Module:
     """The smaller pretrained decoder of `init="pretrained"`, refused unless it is of the Pilot's family."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    source = AutoModelForCausalLM.from_pretrained(config.pretrained_model_name_or_path, dtype=torch.float32)
+    auto_class = AutoModelForSeq2SeqLM if is_encoder_decoder(model) else AutoModelForCausalLM
+    source = auto_class.from_pretrained(config.pretrained_model_name_or_path, dtype=torch.float32)
     pilot_type = model.config.get_text_config().model_type
     if source.config.model_type != pilot_type:
         raise ValueError(

@@ -1,0 +1,164 @@
+"""Encoder-decoder Pilots (T5, FLAN-T5): the same contract as decoder-only ones — `get_peft_model` builds a T5-decoder
+Copilot from the Pilot's decoder blocks, generation with every strategy runs fused, cached == uncached, λ = 0 and
+`disable_adapter` give the Pilot exactly, no future label leaks into the Copilot, and adapters round-trip."""
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+
+from tcopilot_peft import CopilotConfig
+from tcopilot_peft.tuner.network_t5 import T5CopilotNetwork
+from tests.conftest import T5_VARIANTS, VOCAB, randomise_copilot, tiny_pilot, tiny_t5
+
+
+STRATEGIES = {
+    "greedy": {},
+    "beam": {"num_beams": 4},
+    "sampling": {"do_sample": True, "top_k": 5},
+    "beam-returns": {"num_beams": 3, "num_return_sequences": 2},
+}
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0  # right padding in the encoder input
+    ids[0, 5:] = 0
+    return ids, mask
+
+
+def copilot_t5(variant="flan-t5", **config):
+    model = get_peft_model(tiny_t5(variant), CopilotConfig(**config))
+    randomise_copilot(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", sorted(T5_VARIANTS))
+def test_the_copilot_is_a_t5_decoder_copied_from_the_pilots_blocks(variant):
+    pilot = tiny_t5(variant)
+    model = get_peft_model(pilot, CopilotConfig(num_layers=2))
+    network = model.base_model.active_network
+    assert isinstance(network, T5CopilotNetwork) and len(network.layers) == 2
+    blocks = pilot.decoder.block
+    for block, source in zip(network.layers, (blocks[0], blocks[-1])):  # evenly spaced: the first and the last
+        torch.testing.assert_close(block.cross_attn.k.weight, source.layer[1].EncDecAttention.k.weight)
+        torch.testing.assert_close(block.ff.wo.weight, source.layer[2].DenseReluDense.wo.weight)
+    table = blocks[0].layer[0].SelfAttention.relative_attention_bias.weight
+    torch.testing.assert_close(network.relative_attention_bias.weight, table)
+    assert model.peft_config["default"].copilot_architecture["gated"] is (variant == "flan-t5")
+
+
+@pytest.mark.parametrize("feed", ["pilot_error", "copilot"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_generation_is_fused_and_cached_equals_uncached(feed, strategy):
+    model = copilot_t5(inference_feed=feed)
+    ids, mask = inputs()
+    settings = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, **STRATEGIES[strategy])
+    runs = {}
+    for name, extra in (("cached", {}), ("uncached", {"use_cache": False})):
+        torch.manual_seed(1)
+        runs[name] = model.generate(**settings, **extra)
+    with model.disable_adapter():
+        torch.manual_seed(1)
+        pilot = model.generate(**settings)
+    assert torch.equal(runs["cached"], runs["uncached"])
+    assert not torch.equal(runs["cached"], pilot)  # the correction changes tokens
+
+
+def test_lambda_zero_and_disabled_adapter_are_the_pilot_exactly():
+    model = copilot_t5()
+    ids, mask = inputs()
+    decoder = torch.randint(3, VOCAB, (3, 5))
+    with model.disable_adapter():
+        pilot_logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+        pilot_tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=4)
+    model.peft_config["default"].fusion_lambda = 0.0
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits, pilot_logits
+    )
+    assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=4), pilot_tokens)
+
+
+@torch.no_grad()
+def test_a_forward_scores_a_generated_target_as_generation_did():
+    model = copilot_t5(inference_feed="copilot")
+    ids, mask = inputs()
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=6, output_scores=True, return_dict_in_generate=True
+    )
+    scored = model(input_ids=ids, attention_mask=mask, decoder_input_ids=out.sequences[:, :-1]).logits
+    torch.testing.assert_close(scored, torch.stack(out.scores, 1), atol=1e-3, rtol=1e-3)
+
+
+@torch.no_grad()
+def test_no_future_label_reaches_the_copilot():
+    model = copilot_t5()
+    ids, mask = inputs()
+    labels = torch.randint(3, VOCAB, (3, 6))
+    first = model(input_ids=ids, attention_mask=mask, labels=labels).copilot_logits
+    changed = labels.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % VOCAB
+    second = model(input_ids=ids, attention_mask=mask, labels=changed).copilot_logits
+    # Position 4's input is the error at position 3, which does not depend on label 4; position 5 reads label 4.
+    torch.testing.assert_close(first[:, :5], second[:, :5])
+    assert not torch.allclose(first[:, 5], second[:, 5])
+
+
+@torch.no_grad()
+def test_padded_encoder_tokens_are_not_read():
+    model = copilot_t5()
+    ids, mask = inputs()
+    decoder = torch.randint(3, VOCAB, (3, 5))
+    before = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+    ids[0, 5:] = 7
+    after = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+    torch.testing.assert_close(before, after)
+
+
+def test_the_copilot_loss_trains_the_copilot_only():
+    model = copilot_t5()
+    ids, mask = inputs()
+    out = model(input_ids=ids, attention_mask=mask, labels=torch.randint(3, VOCAB, (3, 6)))
+    out.copilot_loss.backward()
+    network = model.base_model.active_network
+    assert network.input_proj.weight.grad is not None
+    assert all(p.grad is None for p in model.base_model.model.parameters())
+
+
+@pytest.mark.parametrize("task_type", ["CAUSAL_LM", "SEQ_2_SEQ_LM"])
+def test_round_trip_restores_identical_outputs(tmp_path, task_type):
+    model = copilot_t5(task_type=task_type)
+    ids, mask = inputs()
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_t5(), tmp_path).eval()
+    assert torch.equal(loaded.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2), reference)
+
+
+def test_copilots_do_not_cross_between_families(tmp_path):
+    copilot_t5().save_pretrained(tmp_path / "t5")
+    with pytest.raises(ValueError, match="trained for a 't5' Pilot and cannot run on a 'llama' Pilot"):
+        PeftModel.from_pretrained(tiny_pilot(), tmp_path / "t5")
+    get_peft_model(tiny_pilot(), CopilotConfig()).save_pretrained(tmp_path / "llama")
+    with pytest.raises(ValueError, match="trained for a 'llama' Pilot and cannot run on a 't5' Pilot"):
+        PeftModel.from_pretrained(tiny_t5(), tmp_path / "llama")
+    with pytest.raises(ValueError, match="vocabulary size 97, but .* has vocabulary size 50"):
+        PeftModel.from_pretrained(tiny_t5(vocab_size=50), tmp_path / "t5")
+
+
+def test_an_unsupported_encoder_decoder_is_refused_by_name():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+    )
+    with pytest.raises(ValueError, match="does not support the Pilot architecture 'bart'"):
+        get_peft_model(BartForConditionalGeneration(config), CopilotConfig())
