@@ -5,7 +5,7 @@ Importing this package registers the `"copilot"` PEFT method, so `get_peft_model
 
 from .fusion import copilot_loss, fuse_logits
 from .mistake_log import MistakeLog
-from .trainer import CopilotSFTConfig, CopilotSFTTrainer
+from .trainer import CopilotSeq2SeqConfig, CopilotSeq2SeqTrainer, CopilotSFTConfig, CopilotSFTTrainer
 from .tuner import CopilotCausalLMOutput, CopilotConfig, CopilotModel
 
 
@@ -17,6 +17,8 @@ __all__ = [
     "CopilotModel",
     "CopilotSFTConfig",
     "CopilotSFTTrainer",
+    "CopilotSeq2SeqConfig",
+    "CopilotSeq2SeqTrainer",
     "MistakeLog",
     "copilot_loss",
     "fuse_logits",

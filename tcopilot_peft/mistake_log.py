@@ -3,7 +3,10 @@
 Each training round appends, per sequence, what the Copilot needs to learn from that round's Pilot forward (taken
 before the Pilot's update):
 
-* the input ids, from which X̃ = E[x] is rebuilt (exact for a frozen embedding: LoRA or quantized Pilots);
+* the input ids, from which X̃ = E[x] is rebuilt (exact for a frozen embedding: LoRA or quantized Pilots); for an
+  encoder-decoder Pilot, the decoder's input ids and the encoder's (`source_ids`), from which X̃, the encoder
+  output, is recomputed by the Pilot's current encoder when the row is replayed (storing it would cost
+  source length × width per row);
 * the layer-pooled Pilot hidden states, in 16-bit;
 * the next-token targets, and at target positions only the top-k of p̂ (16-bit probabilities, int32 ids) and the
   gold token's log-probability (float32), from which ℓ = onehot(y) − p̂ is rebuilt (the mass outside the top-k is
@@ -28,7 +31,7 @@ from .fusion import IGNORE_INDEX, PilotPrediction
 
 
 SAMPLING_POLICIES = ("current", "uniform", "newest")
-ROW_FIELDS = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids", "gold_log_probs")
+ROW_FIELDS = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids", "gold_log_probs", "source_ids")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class MistakeLogRow:
     topk_probs: torch.Tensor  # (n_valid, k) float16, at target positions only
     topk_ids: torch.Tensor  # (n_valid, k) int32
     gold_log_probs: torch.Tensor  # (n_valid,) float32, log p̂ of the gold token
+    source_ids: torch.Tensor  # (S,) int32, the encoder's input ids (empty for a decoder-only Pilot)
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +65,8 @@ class MistakeLogBatch:
     topk_probs: torch.Tensor  # (B, T, k) float32, zero where there is no target
     topk_ids: torch.Tensor  # (B, T, k) long
     gold_log_probs: torch.Tensor  # (B, T) float32, zero where there is no target
+    source_ids: torch.Tensor  # (B, S) long, padded with 0 (S = 0 for a decoder-only Pilot)
+    source_mask: torch.Tensor  # (B, S) bool
 
     def to(self, device: torch.device | str) -> MistakeLogBatch:
         return MistakeLogBatch(*(t.to(device) for t in self.__dict__.values()))
@@ -117,6 +123,8 @@ class MistakeLog:
         targets: torch.Tensor,
         hidden: torch.Tensor,
         target_logits: torch.Tensor,
+        source_ids: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
     ) -> list[MistakeLogRow]:
         """Log one training round (a micro-batch). Padding is dropped; rows with non-finite values are refused.
 
@@ -125,11 +133,15 @@ class MistakeLog:
             hidden: `(B, T, d)` layer-pooled Pilot states.
             target_logits: the Pilot's logits at the target positions (`targets != -100`), packed row-major as
                 `(N, V)` (`CopilotCausalLMOutput.pilot_target_logits`). Only their top-k probabilities are kept.
+            source_ids, source_mask: `(B, S)`, an encoder-decoder Pilot's encoder input (padding dropped).
 
         Returns:
             The rows that were logged (possibly fewer than B).
         """
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if source_ids is None:
+            source_ids = input_ids[:, :0]
+        source_keep = torch.ones_like(source_ids, dtype=torch.bool) if source_mask is None else source_mask.bool()
         has_target = targets != IGNORE_INDEX
         per_row = target_logits.split(has_target.sum(1).tolist())
         rows = []
@@ -151,6 +163,7 @@ class MistakeLog:
                     topk_probs=top_log_probs.exp().to("cpu", torch.float16),
                     topk_ids=top_ids.to("cpu", torch.int32),
                     gold_log_probs=log_probs.gather(-1, gold.unsqueeze(-1)).squeeze(-1).to("cpu"),
+                    source_ids=source_ids[b][source_keep[b]].to("cpu", torch.int32),
                 )
             )
         round_bytes = sum(row.nbytes for row in rows)
@@ -202,6 +215,7 @@ class MistakeLog:
     def collate(self, rows: list[MistakeLogRow]) -> MistakeLogBatch:
         """Pad rows into a batch and scatter each row's top-k back onto its target positions."""
         length = max(len(row.input_ids) for row in rows)
+        source_length = max(len(row.source_ids) for row in rows)
         batch, width, k = len(rows), rows[0].hidden.shape[-1], rows[0].topk_probs.shape[-1]
         out = MistakeLogBatch(
             input_ids=torch.zeros(batch, length, dtype=torch.long),
@@ -211,6 +225,8 @@ class MistakeLog:
             topk_probs=torch.zeros(batch, length, k, dtype=torch.float32),
             topk_ids=torch.zeros(batch, length, k, dtype=torch.long),
             gold_log_probs=torch.zeros(batch, length, dtype=torch.float32),
+            source_ids=torch.zeros(batch, source_length, dtype=torch.long),
+            source_mask=torch.zeros(batch, source_length, dtype=torch.bool),
         )
         for b, row in enumerate(rows):
             n = len(row.input_ids)
@@ -222,6 +238,8 @@ class MistakeLog:
             out.topk_probs[b, valid] = row.topk_probs.float()
             out.topk_ids[b, valid] = row.topk_ids.long()
             out.gold_log_probs[b, valid] = row.gold_log_probs.float()
+            out.source_ids[b, : len(row.source_ids)] = row.source_ids
+            out.source_mask[b, : len(row.source_ids)] = True
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -252,6 +270,8 @@ class MistakeLog:
         self.generator.set_state(tensors["generator_state"])
         self.rounds = deque()
         for r, size in enumerate(meta["round_sizes"]):
+            for i in range(size):  # logs written before encoder-decoder Pilots were supported have no source ids
+                tensors.setdefault(f"round{r}.row{i}.source_ids", torch.zeros(0, dtype=torch.int32))
             missing = [name for name in ROW_FIELDS if size and f"round{r}.row0.{name}" not in tensors]
             if missing:
                 raise ValueError(

@@ -73,7 +73,11 @@ class CopilotLM(HFLM):
                 "pretrained=PILOT together with peft=COPILOT_ADAPTER_DIR"
             )
         if self.backend != "causal":
-            raise ValueError("CopilotLM supports decoder-only Pilots only")
+            raise ValueError(
+                "CopilotLM supports decoder-only Pilots only (lm-eval's seq2seq backend scores targets its own way); "
+                "score an encoder-decoder Pilot's targets with a fused forward on `decoder_input_ids`, which treats "
+                "every decoder position after the start token as generated"
+            )
 
     def _loglikelihood_tokens(
         self,

@@ -1,10 +1,13 @@
-"""`CopilotSFTConfig`: TRL's `SFTConfig` plus the Copilot's optimiser, loss and Mistake Log settings."""
+"""The trainers' configurations: the Copilot's optimiser, loss and Mistake Log settings
+(`CopilotTrainingArguments`) on top of TRL's `SFTConfig` (`CopilotSFTConfig`) or transformers'
+`Seq2SeqTrainingArguments` (`CopilotSeq2SeqConfig`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+from transformers import Seq2SeqTrainingArguments
 from trl import SFTConfig
 
 from ..fusion import COPILOT_LOSSES
@@ -15,9 +18,9 @@ PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
 
 
 @dataclass
-class CopilotSFTConfig(SFTConfig):
+class CopilotTrainingArguments:
     r"""
-    Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus:
+    The Copilot's own training settings, shared by [`CopilotSFTConfig`] and [`CopilotSeq2SeqConfig`].
 
     Args:
         copilot_learning_rate (`float`, defaults to 1e-3):
@@ -55,10 +58,6 @@ class CopilotSFTConfig(SFTConfig):
             and the Mistake Log records the Pilot's forward on batches of it instead of on the Pilot's own batches,
             so the Copilot learns errors on data the Pilot has never fitted (as stacking learns on out-of-fold
             predictions). Costs one extra forward pass of the Pilot per micro-batch; 0 turns it off.
-
-    Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
-    loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
-    never materialises it).
     """
 
     copilot_learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the Copilot."})
@@ -92,10 +91,8 @@ class CopilotSFTConfig(SFTConfig):
         metadata={"help": "Fraction of the training set withheld from the Pilot, on which its mistakes are logged."},
     )
 
-    def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
-            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
-        super().__post_init__()
+    def check_copilot_arguments(self) -> None:
+        """Refuse, by name, a Copilot setting out of range (called by each config's `__post_init__`)."""
         if self.copilot_loss is not None and self.copilot_loss not in COPILOT_LOSSES:
             raise ValueError(f"copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
         if self.train_pilot not in PILOT_TRAINING_MODES:
@@ -108,6 +105,36 @@ class CopilotSFTConfig(SFTConfig):
             raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")
+
+
+@dataclass
+class CopilotSFTConfig(SFTConfig, CopilotTrainingArguments):
+    r"""
+    Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus the Copilot's settings
+    ([`CopilotTrainingArguments`]).
+
+    Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
+    loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
+    never materialises it).
+    """
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
+            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
+        super().__post_init__()
+        self.check_copilot_arguments()
+
+
+@dataclass
+class CopilotSeq2SeqConfig(Seq2SeqTrainingArguments, CopilotTrainingArguments):
+    r"""
+    Configuration of [`CopilotSeq2SeqTrainer`] (encoder-decoder Pilots such as T5): everything of transformers'
+    `Seq2SeqTrainingArguments`, plus the Copilot's settings ([`CopilotTrainingArguments`]).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_copilot_arguments()
 
 
 def _accelerator_supports_bf16() -> bool:

@@ -271,12 +271,18 @@ class CopilotModel(BaseTuner):
         )
 
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:
-        """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`); X̃ is re-embedded."""
+        """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`). X̃ is rebuilt: re-embedded
+        from the logged ids, or for an encoder-decoder Pilot recomputed by its encoder from the logged source ids."""
         batch = batch.to(self.copilot_layer.embedding_weight().device)
         with torch.no_grad():
-            memory_x = self.model.get_input_embeddings()(batch.input_ids)
+            if self.encoder_decoder:
+                encoder = self.model.get_encoder()
+                memory_x = encoder(input_ids=batch.source_ids, attention_mask=batch.source_mask).last_hidden_state
+                key_valid = batch.source_mask
+            else:
+                memory_x, key_valid = self.model.get_input_embeddings()(batch.input_ids), batch.attention_mask
         _, loss = self.copilot_teacher_forced(
-            memory_x, batch.hidden, batch.attention_mask, batch.targets, batch.prediction(), loss_kind=loss_kind
+            memory_x, batch.hidden, key_valid, batch.targets, batch.prediction(), loss_kind=loss_kind
         )
         return loss
 

@@ -1,0 +1,383 @@
+"""`CopilotTrainerMixin`: the Copilot's side of Algorithm 1 inside a Hugging Face `Trainer`, shared by
+`CopilotSFTTrainer` (TRL's `SFTTrainer`, causal-LM Pilots) and `CopilotSeq2SeqTrainer` (`Seq2SeqTrainer`, T5-family
+Pilots).
+
+Each micro-batch:
+
+1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and backward — the Pilot's
+   optimiser steps as in any run of the base trainer;
+2. a Mistake Log append of that forward (taken before the Pilot's update), or, with `copilot_holdout_fraction`, of
+   the Pilot's forward on a batch of withheld data it never trains on;
+3. a Copilot update on rows drawn from the log, by a `CopilotUpdater` (its own AdamW and schedule, outside the
+   Pilot's optimiser and DDP's gradient hooks). No gradient of the Copilot's loss reaches the Pilot: its inputs are
+   detached and the Pilot's embedding and LM head enter it as constants.
+
+The mixin wires these into the trainer's hooks (`training_step`, `compute_loss`, `create_optimizer`, `log`,
+checkpoint saving and loading); a trainer using it calls `_init_copilot()` at the end of its `__init__`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+
+from ..fusion import IGNORE_INDEX, PilotPrediction
+from ..mistake_log import MistakeLog
+from ..tuner import CopilotConfig, CopilotModel
+from .updater import CopilotUpdater
+
+
+COPILOT_STATE_NAME = "copilot_trainer_state.pt"
+MISTAKE_LOG_NAME = "mistake_log"
+PILOT_WEIGHTS_DIR = "pilot"
+
+
+class CopilotTrainerMixin:
+    """The Copilot's training inside a `transformers.Trainer` subclass (put it first among the bases)."""
+
+    def _init_copilot(self) -> None:
+        """Find the Copilot, set which Pilot weights train, and create the Mistake Log (after `Trainer.__init__`)."""
+        self.copilot_tuner = _find_copilot_tuner(self.model)
+        self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
+        if self.args.copilot_loss is not None:
+            _override_objective(self.copilot_tuner.active_config, self.args.copilot_loss)
+        self.mistake_log = MistakeLog(
+            max_rounds=self.args.mistake_log_max_rounds,
+            max_bytes=self.args.mistake_log_max_bytes,
+            top_k=self.args.mistake_log_top_k,
+            seed=self.args.seed + self.args.process_index,
+        )
+        self.copilot_holdout = self._withhold_from_pilot(self.args.copilot_holdout_fraction)
+        self._holdout_draws = 0
+        self.copilot_updater: CopilotUpdater | None = None
+        self._captured: tuple[dict, Any] | None = None
+        self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
+        # TRL's trainers keep per-mode metrics (`_metrics`) and log them; a plain `Trainer` does not, so they are kept
+        # and logged here.
+        self._logs_step_metrics = not hasattr(self, "_metrics")
+        if self._logs_step_metrics:
+            self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # ------------------------------------------------------------------ optimisers
+
+    def copilot_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.copilot_tuner.copilot_model[self.copilot_tuner.active_adapter].parameters()]
+
+    def create_optimizer(self, model=None):
+        # The Pilot's optimiser must not own the Copilot's weights: hide them while it collects trainable parameters.
+        copilot = self.copilot_parameters()
+        flags = [p.requires_grad for p in copilot]
+        for p in copilot:
+            p.requires_grad_(False)
+        try:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        finally:
+            for p, flag in zip(copilot, flags):
+                p.requires_grad_(flag)
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        super().create_optimizer_and_scheduler(num_training_steps)
+        self._create_copilot_updater(num_training_steps)
+
+    def _create_copilot_updater(self, num_training_steps: int) -> None:
+        self.copilot_updater = CopilotUpdater(
+            self.copilot_parameters(),
+            learning_rate=self.args.copilot_learning_rate,
+            weight_decay=self.args.copilot_weight_decay,
+            scheduler_type=self.args.copilot_lr_scheduler_type,
+            warmup_steps=self.args.copilot_warmup_steps,
+            num_training_steps=num_training_steps,
+            max_grad_norm=self.args.copilot_max_grad_norm,
+            num_processes=self.accelerator.num_processes,
+        )
+
+    # ------------------------------------------------------------------ the step
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = self.model.training
+        inputs["use_cache"] = False
+        # In training the Copilot runs in `training_step` on Mistake Log rows; in evaluation it runs teacher-forced
+        # here, so `eval_copilot_loss` is measured on the evaluation data.
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, copilot_teacher_forcing=not training)
+        loss = outputs.loss
+        mode = "train" if training else "eval"
+        targets = self.copilot_tuner.targets_of(inputs["labels"])
+        valid = targets != IGNORE_INDEX
+        with torch.no_grad():
+            correct = (outputs.pilot_target_logits.argmax(-1) == targets[valid]).sum()
+            count = self.accelerator.gather_for_metrics(valid.sum()).sum()
+            accuracy = self.accelerator.gather_for_metrics(correct).sum() / count.clamp_min(1)
+        self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
+        if training:
+            self._captured = (inputs, outputs)
+        elif outputs.copilot_loss is not None:
+            self._metrics[mode]["copilot_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.copilot_loss).mean().item()
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.copilot_updater is None:
+            self._create_copilot_updater(self.state.max_steps)
+        if self.pilot_training == "none":
+            # A Copilot-only phase: the Pilot is a fixed, frozen teacher of mistakes.
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            loss = loss.detach() / self.current_gradient_accumulation_steps
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        captured, self._captured = self._captured, None
+        if captured is not None:
+            # The Copilot's step draws random numbers (dropout in a withheld batch's or a replayed encoder's forward,
+            # in the Copilot itself); on a forked generator, so the Pilot's own draws, and its training, are exactly
+            # those of a run without a Copilot.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                self._copilot_micro_step(*captured)
+        return loss
+
+    def _copilot_micro_step(self, inputs: dict, outputs) -> None:
+        """Algorithm 1 lines 9 and 13–19 for one micro-batch: log the Pilot's mistakes, learn from the log."""
+        if self.copilot_holdout is not None:
+            inputs = self._holdout_batch()
+            with torch.no_grad():
+                outputs = self.model(**inputs, copilot_teacher_forcing=False)
+        if not torch.isfinite(outputs.loss.detach()).all():
+            self._copilot_metrics["copilot_skipped_steps"].append(1.0)  # nothing non-finite enters the log
+            self._maybe_step_copilot()
+            return
+        tuner = self.copilot_tuner
+        targets = tuner.targets_of(inputs["labels"])
+        attention_mask = inputs.get("attention_mask")
+        self._log_mistakes(inputs, targets, outputs)
+        policy = self.args.mistake_log_sampling
+        with torch.enable_grad():
+            if policy == "current":
+                # Decoder-only: the tokens' mask; encoder-decoder: the encoder's, over its input ids.
+                key_valid = (
+                    attention_mask if attention_mask is not None else torch.ones_like(inputs["input_ids"])
+                ).bool()
+                _, copilot_loss = tuner.copilot_teacher_forced(
+                    outputs.copilot_memory_x,
+                    outputs.copilot_memory_h,
+                    key_valid,
+                    targets,
+                    PilotPrediction.from_logits(outputs.pilot_target_logits),
+                )
+            else:
+                size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
+                copilot_loss = tuner.copilot_replay(self.mistake_log.sample(size, policy))
+            self.copilot_updater.accumulate(copilot_loss, scale=1.0 / self.current_gradient_accumulation_steps)
+        self._copilot_metrics["copilot_loss"].append(copilot_loss.detach().item())
+        self._maybe_step_copilot()
+
+    def _log_mistakes(self, inputs: dict, targets: torch.Tensor, outputs) -> None:
+        """Append this forward to the Mistake Log; an encoder-decoder Pilot's rows also keep the encoder's input."""
+        logits, hidden = outputs.pilot_target_logits.detach(), outputs.copilot_memory_h
+        if not self.copilot_tuner.encoder_decoder:
+            self.mistake_log.append(inputs["input_ids"], inputs.get("attention_mask"), targets, hidden, logits)
+            return
+        decoder_ids = inputs.get("decoder_input_ids")
+        if decoder_ids is None:
+            decoder_ids = self.copilot_tuner.model.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
+        # Labels are right-padded with -100: keep the decoder positions up to the last target.
+        has_target = targets != IGNORE_INDEX
+        keep = has_target.flip(1).cummax(1).values.flip(1)
+        source = inputs["input_ids"], inputs.get("attention_mask")
+        self.mistake_log.append(
+            decoder_ids, keep, targets, hidden, logits, source_ids=source[0], source_mask=source[1]
+        )
+
+    def _maybe_step_copilot(self) -> None:
+        if self.accelerator.sync_gradients:  # the Pilot's optimiser steps now: so does the Copilot's
+            norm = self.copilot_updater.step()
+            if norm is not None:
+                self._copilot_metrics["copilot_grad_norm"].append(norm)
+
+    # ------------------------------------------------------------------ out-of-sample mistakes
+
+    def _withhold_from_pilot(self, fraction: float) -> Dataset | None:
+        """Split a seeded `fraction` of the training set off the Pilot's data; it feeds only the Mistake Log."""
+        if not fraction:
+            return None
+        dataset = self.train_dataset
+        if not isinstance(dataset, Dataset):
+            raise ValueError(
+                "copilot_holdout_fraction needs a map-style `datasets.Dataset` to split, got "
+                f"{type(dataset).__name__}."
+            )
+        count = round(fraction * len(dataset))
+        if not 0 < count < len(dataset):
+            raise ValueError(
+                f"copilot_holdout_fraction={fraction} of {len(dataset)} training rows leaves {count} rows for the "
+                "Copilot; it must leave at least one row for each of the Copilot and the Pilot."
+            )
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        self.train_dataset = dataset.select(sorted(order[count:]))
+        # The Pilot's batches lose the columns its forward does not take when their loader is built; these are
+        # collated here directly, so they lose them now.
+        return self._remove_unused_columns(dataset.select(sorted(order[:count])), description="Copilot holdout")
+
+    def _holdout_batch(self) -> dict:
+        """The next batch of withheld rows: a seeded reshuffle per pass, each process reading its own slice, and a
+        draw counter saved with checkpoints so a resumed run reads the same rows."""
+        size, rows = self.args.per_device_train_batch_size, len(self.copilot_holdout)
+        start = (self._holdout_draws * self.args.world_size + self.args.process_index) * size
+        orders: dict[int, list[int]] = {}
+        picks = []
+        for position in range(start, start + size):
+            cycle = position // rows
+            if cycle not in orders:
+                generator = torch.Generator().manual_seed(self.args.seed + 1 + cycle)
+                orders[cycle] = torch.randperm(rows, generator=generator).tolist()
+            picks.append(orders[cycle][position % rows])
+        self._holdout_draws += 1
+        batch = self.data_collator([self.copilot_holdout[i] for i in picks])
+        return {**self._prepare_inputs(batch), "use_cache": False}
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._copilot_metrics:
+            for key, values in self._copilot_metrics.items():
+                logs[key] = sum(values) / len(values) if key != "copilot_skipped_steps" else sum(values)
+            self._copilot_metrics.clear()
+            logs["copilot_learning_rate"] = self.copilot_updater.learning_rate if self.copilot_updater else 0.0
+            logs["mistake_log_rows"] = len(self.mistake_log)
+            logs["mistake_log_bytes"] = self.mistake_log.total_bytes
+            logs["mistake_log_bytes_per_token"] = self.mistake_log.bytes_per_token
+        if self._logs_step_metrics:
+            mode, prefix = ("train", "") if self.model.training else ("eval", "eval_")
+            for key, values in self._metrics[mode].items():
+                logs[prefix + key] = sum(values) / len(values)
+            self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        rank = self.args.process_index
+        if self.copilot_updater is not None and self.args.should_save:
+            state = {
+                **self.copilot_updater.state_dict(),
+                "holdout_draws": self._holdout_draws,
+                "holdout_rows": len(self.copilot_holdout) if self.copilot_holdout is not None else 0,
+            }
+            torch.save(state, os.path.join(output_dir, COPILOT_STATE_NAME))
+        # Every process keeps its own log (it logs its own micro-batches), so every process saves it.
+        tensors, meta = self.mistake_log.state_dict()
+        save_file(tensors, os.path.join(output_dir, f"{MISTAKE_LOG_NAME}_rank{rank}.safetensors"))
+        with open(os.path.join(output_dir, f"{MISTAKE_LOG_NAME}_rank{rank}.json"), "w") as handle:
+            json.dump(meta, handle)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        if self.copilot_updater is None:
+            self._create_copilot_updater(self.state.max_steps)
+        state_path = os.path.join(checkpoint, COPILOT_STATE_NAME)
+        if os.path.exists(state_path):
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            self.copilot_updater.load_state_dict(state)
+            rows = len(self.copilot_holdout) if self.copilot_holdout is not None else 0
+            if state.get("holdout_rows", 0) != rows:
+                raise ValueError(
+                    f"{state_path} was written with {state.get('holdout_rows', 0)} withheld rows, this run withholds "
+                    f"{rows}: resume with the same training set, seed and copilot_holdout_fraction."
+                )
+            self._holdout_draws = state.get("holdout_draws", 0)
+        log_path = os.path.join(checkpoint, f"{MISTAKE_LOG_NAME}_rank{self.args.process_index}")
+        if os.path.exists(log_path + ".safetensors"):
+            with open(log_path + ".json") as handle:
+                meta = json.load(handle)
+            try:
+                self.mistake_log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+            except ValueError as error:  # written by an older version: the log refills within a few steps
+                warnings.warn(
+                    f"{log_path}.safetensors: {error} The Copilot resumes with an empty Mistake Log.", stacklevel=2
+                )
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.pilot_training == "full":
+            # A PEFT adapter holds only the Copilot; a fully fine-tuned Pilot is saved beside it.
+            output_dir = output_dir or self.args.output_dir
+            self.copilot_tuner.model.save_pretrained(os.path.join(output_dir, PILOT_WEIGHTS_DIR))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        pilot_dir = os.path.join(resume_from_checkpoint, PILOT_WEIGHTS_DIR)
+        if self.pilot_training == "full" and os.path.isdir(pilot_dir):
+            weights = {}
+            for name in sorted(os.listdir(pilot_dir)):
+                if name.endswith(".safetensors"):
+                    weights.update(load_file(os.path.join(pilot_dir, name)))
+            self.copilot_tuner.model.load_state_dict(weights, strict=False)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _override_objective(config: CopilotConfig, loss: str) -> None:
+    """Train with `loss` instead of the adapter's objective, and record it in the adapter (saved adapters say how they
+    were trained). Fusion and feed stay as configured, which may not be what `loss` trains for: say so."""
+    if loss != config.copilot_loss:
+        warnings.warn(
+            f"CopilotSFTConfig.copilot_loss={loss!r} overrides the adapter's copilot_loss={config.copilot_loss!r}; "
+            f"its fusion_mode={config.fusion_mode!r} and inference_feed={config.inference_feed!r} are kept. For "
+            f"{loss!r}'s own, create the adapter with CopilotConfig(copilot_loss={loss!r}) instead.",
+            stacklevel=3,
+        )
+    config.copilot_loss = loss
+
+
+def has_copilot(model) -> bool:
+    return isinstance(model, PeftModel) and isinstance(model.base_model, CopilotModel)
+
+
+def _find_copilot_tuner(model) -> CopilotModel:
+    for module in model.modules():
+        if isinstance(module, CopilotModel):
+            return module
+    raise ValueError("The trainer's model has no Copilot adapter.")
+
+
+def _set_pilot_trainable(pilot: torch.nn.Module, mode: str) -> str:
+    has_lora = any(isinstance(m, LoraLayer) for m in pilot.modules())
+    quantized = bool(
+        getattr(pilot, "is_loaded_in_4bit", False)
+        or getattr(pilot, "is_loaded_in_8bit", False)
+        or getattr(pilot, "hf_quantizer", None) is not None
+    )
+    if mode == "auto":
+        mode = "adapter" if has_lora else "full"
+    if mode == "adapter" and not has_lora:
+        raise ValueError("train_pilot='adapter' needs a LoRA-tuned Pilot, but the Pilot has no LoRA adapters.")
+    if mode == "full" and quantized:
+        raise ValueError(
+            "A quantized Pilot has no trainable weights of its own: give it LoRA adapters first (QLoRA: "
+            "`get_peft_model(pilot, LoraConfig(...))`, then the Copilot), or set train_pilot='none' to train only "
+            "the Copilot."
+        )
+    for name, parameter in pilot.named_parameters():
+        if mode == "full":
+            parameter.requires_grad_(parameter.is_floating_point())
+        elif mode == "adapter":
+            parameter.requires_grad_("lora_" in name)
+        else:
+            parameter.requires_grad_(False)
+    return mode
