@@ -10,6 +10,7 @@ import torch
 
 from .cli import UsageError
 from .fusion import COPILOT_LOSSES
+from .generation import generate_arms
 from .tuner.config import FUSION_MODES
 
 
@@ -52,13 +53,14 @@ def load_pilot(
     lora_target_modules: list[str] | None = None,
     dtype: str = "auto",
 ):
-    """A causal-LM Pilot from a local directory or hub id, optionally quantized (bitsandbytes) and/or with LoRA.
+    """A Pilot (causal LM, or encoder-decoder such as T5) from a local directory or hub id, optionally quantized
+    (bitsandbytes) and/or with LoRA.
 
     A quantized Pilot trains only through LoRA (QLoRA), so `load_in_4bit`/`load_in_8bit` with `lora_r=0` gives a
     Pilot that can carry a Copilot for inference or a Copilot-only phase, not Pilot training.
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     check_model_path(name_or_path)
     quantization = None
@@ -70,7 +72,7 @@ def load_pilot(
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
         )
     try:
-        pilot = AutoModelForCausalLM.from_pretrained(
+        pilot = pilot_class(name_or_path).from_pretrained(
             name_or_path, quantization_config=quantization, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
         )
     except OSError as error:
@@ -84,11 +86,29 @@ def load_pilot(
                 r=lora_r,
                 lora_alpha=lora_alpha or 2 * lora_r,
                 lora_dropout=lora_dropout,
-                target_modules=lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-                task_type="CAUSAL_LM",
+                target_modules=lora_target_modules or default_lora_targets(pilot),
+                task_type="SEQ_2_SEQ_LM" if pilot.config.is_encoder_decoder else "CAUSAL_LM",
             ),
         )
     return pilot
+
+
+def default_lora_targets(pilot) -> list[str] | str:
+    """Every linear layer of a T5 (its names differ), the attention and MLP projections of a Llama-family Pilot."""
+    if pilot.config.is_encoder_decoder:
+        return "all-linear"
+    return ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def pilot_class(name_or_path: str):
+    """`AutoModelForSeq2SeqLM` for an encoder-decoder checkpoint (T5), else `AutoModelForCausalLM`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def looks_local(name: str) -> bool:
@@ -149,7 +169,7 @@ def run_train(args: argparse.Namespace) -> int:
             fusion_lambda=args.fusion_lambda,
         ),
     )
-    config = CopilotSFTConfig(
+    options = dict(
         output_dir=args.output_dir,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -157,13 +177,16 @@ def run_train(args: argparse.Namespace) -> int:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate,
         copilot_learning_rate=args.copilot_learning_rate,
-        max_length=args.max_length,
         save_steps=args.save_steps,
         logging_steps=10,
         seed=args.seed,
         report_to=[],
     )
-    trainer = CopilotSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if model.base_model.encoder_decoder:
+        trainer = seq2seq_trainer(model, tokenizer, dataset, options, args.max_length)
+    else:
+        config = CopilotSFTConfig(max_length=args.max_length, **options)
+        trainer = CopilotSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     try:
         trainer.train()
     except KeyboardInterrupt:
@@ -174,6 +197,37 @@ def run_train(args: argparse.Namespace) -> int:
     trainer.save_model(args.output_dir)
     print(f"saved the Copilot adapter to {args.output_dir}")
     return 0
+
+
+def seq2seq_trainer(model, tokenizer, dataset, options: dict, max_length: int):
+    """`CopilotSeq2SeqTrainer` on prompt/completion rows: the encoder reads the prompt, the decoder the completion."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from .trainer import CopilotSeq2SeqConfig, CopilotSeq2SeqTrainer
+
+    if not {"prompt", "completion"} <= set(dataset.column_names):
+        raise UsageError(
+            "an encoder-decoder Pilot trains on prompt/completion rows; the dataset has "
+            f"{sorted(dataset.column_names)}"
+        )
+
+    def tokenize(row: dict) -> dict:
+        source = tokenizer(row["prompt"], truncation=True, max_length=max_length)
+        target = tokenizer(row["completion"] + tokenizer.eos_token, truncation=True, max_length=max_length)
+        return {
+            "input_ids": source["input_ids"],
+            "attention_mask": source["attention_mask"],
+            "labels": target["input_ids"],
+        }
+
+    rows = dataset.map(tokenize, remove_columns=dataset.column_names)
+    return CopilotSeq2SeqTrainer(
+        model=model,
+        args=CopilotSeq2SeqConfig(**options),
+        train_dataset=rows,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model.base_model.model),
+        processing_class=tokenizer,
+    )
 
 
 # ---------------------------------------------------------------------- tcopilot generate
@@ -206,15 +260,10 @@ def run_generate(args: argparse.Namespace) -> int:
     model = PeftModel.from_pretrained(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
     if args.fusion_lambda is not None:
         model.peft_config[model.active_adapter].fusion_lambda = args.fusion_lambda
-    inputs = tokenizer(args.prompt, return_tensors="pt", padding=True).to(model.device)
     settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)
-    with torch.inference_mode():
-        fused = model.generate(**inputs, **settings)
-        with model.disable_adapter():
-            alone = model.generate(**inputs, **settings)
-    width = inputs["input_ids"].shape[1]
-    for prompt, pilot_ids, fused_ids in zip(args.prompt, alone, fused):
+    completions, _ = generate_arms(model, tokenizer, args.prompt, ("pilot", "fused"), **settings)
+    for prompt, alone, fused in zip(args.prompt, completions["pilot"], completions["fused"]):
         print(f"prompt:          {prompt}")
-        print(f"Pilot:           {tokenizer.decode(pilot_ids[width:], skip_special_tokens=True)}")
-        print(f"Pilot + Copilot: {tokenizer.decode(fused_ids[width:], skip_special_tokens=True)}\n")
+        print(f"Pilot:           {alone}")
+        print(f"Pilot + Copilot: {fused}\n")
     return 0

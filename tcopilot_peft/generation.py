@@ -18,7 +18,8 @@ def generate_arms(
     """Completions of one batch of `prompts` by each arm, from one left-padded tokenisation.
 
     Args:
-        model (`PeftModel`): a Pilot carrying a Copilot adapter (or, for the arm `"fused"` alone, any causal LM).
+        model (`PeftModel`): a Pilot carrying a Copilot adapter (or, for the arm `"fused"` alone, any causal or
+            seq2seq LM).
         tokenizer: its tokenizer.
         prompts (`Sequence[str]`): the prompts of one batch.
         arms (`Sequence[str]`): `"fused"` is the model as it is (Pilot + Copilot); `"pilot"` runs it with the
@@ -44,7 +45,7 @@ def generate_arms(
         else:
             out = model.generate(**inputs, **generate_kwargs)
         seconds = time.perf_counter() - began
-        new = out[:, width:]
+        new = out if model.config.is_encoder_decoder else out[:, width:]  # a decoder's output holds no prompt
         pad = generate_kwargs.get("pad_token_id", tokenizer.pad_token_id)
         costs[arm] = (int((new != pad).sum()), seconds)
         completions[arm] = tokenizer.batch_decode(new, skip_special_tokens=True)

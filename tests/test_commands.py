@@ -9,7 +9,7 @@ import pytest
 
 from tcopilot_peft.cli import main
 from tcopilot_peft.data import alpaca_prompt, load_any_dataset, to_trl_format
-from tests.conftest import char_tokenizer, tiny_pilot
+from tests.conftest import char_tokenizer, tiny_pilot, tiny_t5
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,43 @@ def test_train_then_generate(tmp_path, local_pilot, capsys):
     )
     printed = capsys.readouterr().out
     assert code == 0 and printed.count("Pilot + Copilot:") == 2
+
+
+def test_a_t5_pilot_trains_generates_and_evaluates_from_the_command_line(tmp_path, capsys):
+    pilot = tmp_path / "t5"
+    tokenizer = char_tokenizer()
+    tiny_t5(vocab_size=len(tokenizer)).save_pretrained(pilot)
+    tokenizer.save_pretrained(pilot)
+    data = write_rows(tmp_path / "train.json", instruction_rows())
+    out = tmp_path / "adapter"
+    code = main(
+        ["train", "--model", str(pilot), "--dataset", str(data), "--output-dir", str(out), "--max-steps", "2"]
+        + ["--batch-size", "4", "--gradient-accumulation-steps", "1", "--lora-r", "0"]
+    )
+    assert code == 0 and (out / "adapter_model.safetensors").exists() and (out / "pilot").is_dir()
+    capsys.readouterr()
+    code = main(
+        ["generate", "--model", str(out / "pilot"), "--adapter", str(out), "--prompt", "1+1", "--num-beams", "2"]
+    )
+    assert code == 0 and capsys.readouterr().out.count("Pilot + Copilot:") == 1
+    rows = write_rows(
+        tmp_path / "gsm8k.json", [{"instruction": "1+1", "answer": "2"}, {"instruction": "2+2", "answer": "4"}]
+    )
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(pilot),
+            "--adapter",
+            str(out),
+            "--data",
+            f"gsm8k={rows}",
+            "--output",
+            str(tmp_path / "e"),
+        ]
+        + ["--num-beams", "1", "--max-new-tokens", "4"]
+    )
+    assert code == 0 and (tmp_path / "e" / "results.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ starts from a *pretrained* Pilot, the regime of the paper. Rebuild it with:
 
     python -m tcopilot_peft.demo.pretrain --output-dir tcopilot_peft/demo/pilot
 
+`--architecture t5` pre-trains a FLAN-T5-shaped encoder-decoder Pilot on the same skills instead (the encoder reads a
+skill's prompt, the decoder writes its answer); the benchmarks' T5 Pilot (`benchmarks/pilots/t5`) is built so.
+
 Deterministic for a given seed and thread count, on the CPU.
 """
 
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from ..fusion import IGNORE_INDEX
 from ..toy import char_tokenizer
@@ -43,6 +46,40 @@ def pilot_config(vocab_size: int, hidden_size: int = 128, layers: int = 4) -> Ll
     )
 
 
+def t5_pilot_config(vocab_size: int, hidden_size: int = 128, layers: int = 4) -> T5Config:
+    """FLAN-T5's shape (gated GELU, untied head) at the demo Pilot's width, `layers` encoder and decoder blocks."""
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=hidden_size,
+        d_kv=hidden_size // 4,
+        num_heads=4,
+        d_ff=3 * hidden_size,
+        num_layers=layers,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+
+
+def build_pilot(architecture: str, vocab_size: int, hidden_size: int, layers: int):
+    if architecture == "t5":
+        return T5ForConditionalGeneration(t5_pilot_config(vocab_size, hidden_size, layers))
+    return LlamaForCausalLM(pilot_config(vocab_size, hidden_size, layers))
+
+
+def batch_of_pairs(tokenizer, rng: random.Random, size: int) -> dict[str, torch.Tensor]:
+    """An encoder-decoder batch: skill prompts in, answers (and end of sequence) out."""
+    pairs = [rng.choice(list(PRETRAINING_SKILLS.values()))(rng) for _ in range(size)]
+    source = tokenizer([prompt for prompt, _ in pairs], return_tensors="pt", padding=True)
+    target = tokenizer([answer + tokenizer.eos_token for _, answer in pairs], return_tensors="pt", padding=True)
+    labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, IGNORE_INDEX)
+    return {**source, "labels": labels}
+
+
 def batch_of_lines(tokenizer, rng: random.Random, size: int) -> dict[str, torch.Tensor]:
     lines = [pretraining_text(rng) + tokenizer.eos_token for _ in range(size)]
     batch = tokenizer(lines, return_tensors="pt", padding=True)
@@ -59,18 +96,20 @@ def pretrain(
     layers: int = 4,
     seed: int = 0,
     log_every: int = 250,
+    architecture: str = "llama",
 ) -> dict:
     """Train from scratch and save model, tokenizer and a `pretraining.json` record; returns that record."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = char_tokenizer()
-    model = LlamaForCausalLM(pilot_config(len(tokenizer), hidden_size, layers))
+    model = build_pilot(architecture, len(tokenizer), hidden_size, layers)
+    make_batch = batch_of_pairs if architecture == "t5" else batch_of_lines
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
     model.train()
     start, history = time.perf_counter(), []
     for step in range(1, steps + 1):
-        loss = model(**batch_of_lines(tokenizer, rng, batch_size)).loss
+        loss = model(**make_batch(tokenizer, rng, batch_size)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -85,6 +124,7 @@ def pretrain(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     record = {
+        "architecture": architecture,
         "steps": steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
@@ -108,7 +148,8 @@ def evaluate_skills(model, tokenizer, per_skill: int = 100, seed: int = 12345) -
         pairs = [make(rng) for _ in range(per_skill)]
         batch = tokenizer([p for p, _ in pairs], return_tensors="pt", padding=True)
         out = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        new = out if model.config.is_encoder_decoder else out[:, batch["input_ids"].shape[1] :]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         scores[name] = sum(t.strip() == a for t, (_, a) in zip(texts, pairs)) / per_skill
     return scores
 
@@ -122,9 +163,17 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--architecture", choices=["llama", "t5"], default="llama")
     args = parser.parse_args()
     record = pretrain(
-        args.output_dir, args.steps, args.batch_size, args.learning_rate, args.hidden_size, args.layers, args.seed
+        args.output_dir,
+        args.steps,
+        args.batch_size,
+        args.learning_rate,
+        args.hidden_size,
+        args.layers,
+        args.seed,
+        architecture=args.architecture,
     )
     print(json.dumps(record["skill_exact_match"], indent=2))
 

@@ -1,0 +1,335 @@
+"""The Copilot on an encoder-decoder Pilot (issue: T5 and FLAN-T5 Pilots): a pretrained FLAN-T5-shaped Pilot
+(`benchmarks/pilots/t5`, built offline by `python -m tcopilot_peft.demo.pretrain --architecture t5 --output-dir
+benchmarks/pilots/t5 --steps 2000 --layers 3`) fully fine-tuned, as the paper fine-tunes T5 Pilots, on a bundled task.
+For every seed, on the same data, steps and seed:
+
+  (a) the Pilot alone (the same fine-tuned model with the Copilot off);
+  (b) Pilot + Copilot trained jointly with `CopilotSeq2SeqTrainer` and the package's defaults; λ chosen on validation;
+  (f) a logit ensemble of the Pilot (a) with a small T5 of the Copilot's depth (the Pilot's embeddings and head, its
+      encoder and decoder blocks at the indices the Copilot copies) fine-tuned alone; w chosen on validation.
+
+Greedy decoding; answer-level accuracy; gains paired per item. Writes `benchmarks/RESULTS_T5.md` (and `.json`).
+
+    python benchmarks/run_seq2seq.py                 # the committed RESULTS_T5.md
+    python benchmarks/run_seq2seq.py --quick         # a smoke run (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from datasets import Dataset
+from peft import get_peft_model
+from torch import nn
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Seq2SeqTrainer,
+)
+
+import tcopilot_peft
+from tcopilot_peft import CopilotConfig, CopilotSeq2SeqConfig, CopilotSeq2SeqTrainer
+from tcopilot_peft.demo.pipeline import StepTimer
+from tcopilot_peft.demo.tasks import correct, task_splits
+from tcopilot_peft.evaluation.statistics import choose_on_validation, paired_gain
+from tcopilot_peft.generation import generate_greedy
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from controls import copilot_layer_indices  # noqa: E402
+from run_results import LAMBDAS, grid_weight, mean_std  # noqa: E402
+
+
+HERE = Path(__file__).resolve().parent
+PILOT = HERE / "pilots" / "t5"
+
+
+def log(message: str) -> None:
+    print(f"[t5 {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def seq2seq_rows(tokenizer, rows: Dataset) -> Dataset:
+    """Prompt → completion pairs as encoder input ids and labels (the completion and end of sequence)."""
+    return Dataset.from_list(
+        [
+            {
+                "input_ids": tokenizer(r["prompt"]).input_ids,
+                "labels": tokenizer(r["completion"] + tokenizer.eos_token).input_ids,
+            }
+            for r in rows
+        ]
+    )
+
+
+def training_options(seed: int, epochs: float, output_dir: Path, **overrides) -> dict:
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=32,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=10,
+        seed=seed,
+        **overrides,
+    )
+
+
+def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[bool]:
+    completions, _ = generate_greedy(model, tokenizer, [r["prompt"] for r in rows], budget, arms=(arm,))
+    return correct(completions[arm], rows)
+
+
+def joint_arm(splits, seed: int, epochs: float, workdir: Path) -> tuple[dict, nn.Module]:
+    """(a) and (b): one joint run; λ on validation; the test split scored with the Copilot off and on."""
+    tokenizer = AutoTokenizer.from_pretrained(PILOT)
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(PILOT), CopilotConfig())
+    timer = StepTimer()
+    trainer = CopilotSeq2SeqTrainer(
+        model=model,
+        args=CopilotSeq2SeqConfig(**training_options(seed, epochs, workdir / "b")),
+        train_dataset=seq2seq_rows(tokenizer, splits["train"]),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model.base_model.model),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    trainer.train()
+    model.eval()
+    validation, test, budget = splits["validation"].to_list(), splits["test"].to_list(), splits["budget"]
+    config = model.peft_config[model.active_adapter]
+    grid = {}
+    for value in LAMBDAS:
+        config.fusion_lambda = value
+        grid[f"lambda/{value}"] = statistics.mean(score(model, tokenizer, validation, budget, "fused"))
+    config.fusion_lambda = grid_weight(choose_on_validation(grid, grid_weight))
+    completions, speed = generate_greedy(model, tokenizer, [r["prompt"] for r in test], budget)
+    run = {
+        "pilot": correct(completions["pilot"], test),
+        "fused": correct(completions["fused"], test),
+        "lambda": config.fusion_lambda,
+        "validation_grid": grid,
+        "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
+        "step_seconds": statistics.median(timer.times[2:]),
+        "copilot_parameters": sum(p.numel() for p in model.base_model.copilot_model.parameters()),
+        "pilot_parameters": sum(p.numel() for p in model.base_model.model.parameters()),
+        "copilot_layers": config.num_layers,
+        "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
+    }
+    return run, model
+
+
+def plain_step_seconds(splits, seed: int, workdir: Path) -> float:
+    """Median step time of a plain `Seq2SeqTrainer` on the same Pilot, data and batch (for the overhead ratio)."""
+    tokenizer = AutoTokenizer.from_pretrained(PILOT)
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_pretrained(PILOT)
+    timer = StepTimer()
+    options = training_options(seed, 1.0, workdir / "plain", max_steps=10)
+    Seq2SeqTrainer(
+        model=model,
+        args=transformers.Seq2SeqTrainingArguments(**options),
+        train_dataset=seq2seq_rows(tokenizer, splits["train"]),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        callbacks=[timer],
+    ).train()
+    return statistics.median(timer.times[2:])
+
+
+def small_t5(layer_indices: list[int]) -> nn.Module:
+    """The pretrained Pilot keeping only `layer_indices` of its encoder and of its decoder blocks."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(PILOT)
+    for stack in (model.encoder, model.decoder):
+        stack.block = nn.ModuleList([stack.block[i] for i in layer_indices])
+        for index, block in enumerate(stack.block):
+            block.layer[0].SelfAttention.layer_idx = index
+            if stack.is_decoder:
+                block.layer[1].EncDecAttention.layer_idx = index
+    model.config.num_layers = model.config.num_decoder_layers = len(layer_indices)
+    return model
+
+
+class Seq2SeqLogitEnsemble(LogitsProcessor):
+    """Adds `weight · log p_S` of a second seq2seq model, run on the same decoder prefix with its own encoding of the
+    batch's source (no cache: it is small and this is a control)."""
+
+    def __init__(self, model: nn.Module, weight: float, encoder_outputs, attention_mask: torch.Tensor):
+        self.model, self.weight = model, weight
+        self.encoder_outputs, self.attention_mask = encoder_outputs, attention_mask
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = self.model(
+            encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask, decoder_input_ids=input_ids
+        ).logits[:, -1]
+        return torch.log_softmax(scores.float(), -1) + self.weight * torch.log_softmax(logits.float(), -1)
+
+
+@torch.inference_mode()
+def ensemble_generate(pilot, small, weight: float, tokenizer, prompts: list[str], budget: int, batch_size=64):
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        encoded = small.get_encoder()(**batch)
+        processors = LogitsProcessorList([Seq2SeqLogitEnsemble(small, weight, encoded, batch["attention_mask"])])
+        out = pilot.generate(
+            **batch,
+            max_new_tokens=budget,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
+        )
+        completions += tokenizer.batch_decode(out, skip_special_tokens=True)
+    return completions
+
+
+def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model, copilot_layers: int) -> dict:
+    """(f): the Pilot (a) (the joint run's, Copilot off) with a small T5 fine-tuned alone; w on validation."""
+    tokenizer = AutoTokenizer.from_pretrained(PILOT)
+    torch.manual_seed(seed)
+    pilot_layers = AutoModelForSeq2SeqLM.from_pretrained(PILOT).config.num_decoder_layers
+    small = small_t5(copilot_layer_indices(pilot_layers, copilot_layers))
+    Seq2SeqTrainer(
+        model=small,
+        args=transformers.Seq2SeqTrainingArguments(**training_options(seed, epochs, workdir / "f")),
+        train_dataset=seq2seq_rows(tokenizer, splits["train"]),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=small),
+    ).train()
+    small.eval()
+    validation, test, budget = splits["validation"].to_list(), splits["test"].to_list(), splits["budget"]
+    with copilot_model.disable_adapter():
+        grid = {
+            f"w/{w}": statistics.mean(
+                correct(
+                    ensemble_generate(copilot_model, small, w, tokenizer, [r["prompt"] for r in validation], budget),
+                    validation,
+                )
+            )
+            for w in LAMBDAS
+        }
+        weight = grid_weight(choose_on_validation(grid, grid_weight))
+        outputs = ensemble_generate(copilot_model, small, weight, tokenizer, [r["prompt"] for r in test], budget)
+    return {
+        "ensemble": correct(outputs, test),
+        "ensemble_weight": weight,
+        "ensemble_grid": grid,
+        "small_parameters": sum(p.numel() for p in small.parameters()),
+    }
+
+
+def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(PILOT)
+    splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
+    splits["budget"] = max(len(tokenizer(r["completion"]).input_ids) for r in splits["train"]) + 8
+    runs = {"budget": splits["budget"]}
+    for seed in seeds:
+        seed_dir = workdir / f"{task}-{seed}"
+        log(f"{task} seed {seed}: (a)/(b) joint training")
+        run, model = joint_arm(splits, seed, sizes["epochs"], seed_dir)
+        run["plain_step_seconds"] = plain_step_seconds(splits, seed, seed_dir)
+        log(f"{task} seed {seed}: (f) logit ensemble")
+        run.update(ensemble_arm(splits, seed, sizes["epochs"], seed_dir, model, run["copilot_layers"]))
+        runs[str(seed)] = run
+    return runs
+
+
+def arm_row(name: str, per_seed: list[dict], arm: str) -> str:
+    """One table row: the arm's test accuracy, and its paired gain over the Pilot alone (none for the Pilot)."""
+    accuracy = mean_std([100 * statistics.mean(r[arm]) for r in per_seed])
+    if arm == "pilot":
+        return f"| {name} | {accuracy} | – | – |"
+    gains = [paired_gain(r["pilot"], r[arm]) for r in per_seed]
+    listed = ", ".join(f"{g['gain_points']:+.1f}" for g in gains)
+    fixed, broken = sum(g["fixed_by_copilot"] for g in gains), sum(g["broken_by_copilot"] for g in gains)
+    return f"| {name} | {accuracy} | {mean_std([g['gain_points'] for g in gains])} ({listed}) | {fixed} / {broken} |"
+
+
+def task_lines(task: str, per_seed: list[dict]) -> list[str]:
+    first = per_seed[0]
+    step_ratio = statistics.mean(r["step_seconds"] / r["plain_step_seconds"] for r in per_seed)
+    return [
+        f"## Task `{task}`",
+        "",
+        "| arm | test accuracy (%) | gain over (a), points: mean ± sd (per seed) | items fixed / broken |",
+        "|---|---|---|---|",
+        arm_row("(a) Pilot alone", per_seed, "pilot"),
+        arm_row("(b) Pilot + Copilot (defaults)", per_seed, "fused"),
+        arm_row("(f) logit ensemble with a small T5", per_seed, "ensemble"),
+        "",
+        f"λ per seed: {[r['lambda'] for r in per_seed]}; ensemble w: {[r['ensemble_weight'] for r in per_seed]}."
+        f" Copilot {first['copilot_parameters'] / 1e3:.0f}k parameters ({first['copilot_layers']} T5 decoder blocks) "
+        f"beside a {first['pilot_parameters'] / 1e3:.0f}k-parameter Pilot; the small T5 of (f) has "
+        f"{first['small_parameters'] / 1e3:.0f}k.",
+        "",
+        "| cost | value |",
+        "|---|---|",
+        f"| training step time, CopilotSeq2SeqTrainer / Seq2SeqTrainer | {step_ratio:.2f}× |",
+        "| generation tokens/s, fused / Pilot (batch 64, greedy) | "
+        f"{statistics.mean(r['tokens_per_second_ratio'] for r in per_seed):.2f}× |",
+        f"| Mistake Log bytes per token | {statistics.mean(r['mistake_log_bytes_per_token'] for r in per_seed):.0f} |",
+        "",
+    ]
+
+
+def render(results: dict, sizes: dict, seeds: list[int], wall: float, command: str) -> list[str]:
+    lines = [
+        "# Results: the Copilot on an encoder-decoder (T5-shaped) Pilot",
+        "",
+        f"Generated by `{command}` in {wall / 60:.0f} minutes of compute on {platform.machine()} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"tcopilot_peft {tcopilot_peft.__version__}. Per-item results are in `RESULTS_T5.json`.",
+        "",
+        f"Regime: the pretrained FLAN-T5-shaped Pilot `{PILOT.name}` (its `pretraining.json` says how it was "
+        f"built), fully fine-tuned (as the paper fine-tunes T5 Pilots) on {sizes['train']} distinct examples for "
+        f"{sizes['epochs']:g} epochs; {sizes['validation']} validation and {sizes['test']} test items; seeds {seeds}. "
+        f"Greedy decoding, answer-level accuracy. λ and w ∈ {list(LAMBDAS)} chosen on validation.",
+        "",
+    ]
+    for task, runs in results.items():
+        lines += task_lines(task, [runs[str(s)] for s in seeds])
+    return lines
+
+
+def main() -> None:
+    global PILOT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tasks", nargs="+", default=["count_then_max"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--pilot", type=Path, default=HERE / "pilots" / "t5", help="a pretrained T5 Pilot directory")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results-t5"))
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS_T5.md")
+    args = parser.parse_args()
+    PILOT = args.pilot
+    if not (PILOT / "config.json").exists():
+        sys.exit(f"The T5 Pilot is not at {PILOT}; build it with the command in this script's docstring.")
+    sizes = dict(train=4000, validation=100, test=300, epochs=args.epochs)
+    if args.quick:
+        sizes = dict(train=200, validation=20, test=40, epochs=1.0)
+    began = time.perf_counter()
+    results = {task: run_task(task, args.seeds, sizes, args.workdir) for task in args.tasks}
+    wall = time.perf_counter() - began
+    command = " ".join(["python benchmarks/run_seq2seq.py", *sys.argv[1:]])
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    lines = render(results, sizes, args.seeds, wall, command)
+    args.output.write_text("\n".join(lines))
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
