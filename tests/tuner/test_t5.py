@@ -162,3 +162,30 @@ def test_an_unsupported_encoder_decoder_is_refused_by_name():
     )
     with pytest.raises(ValueError, match="does not support the Pilot architecture 'bart'"):
         get_peft_model(BartForConditionalGeneration(config), CopilotConfig())
+
+
+def test_a_lora_tuned_t5_round_trips_with_its_lora(tmp_path):
+    from peft import LoraConfig
+
+    lora = get_peft_model(tiny_t5(), LoraConfig(r=4, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM"))
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)  # LoRA that changes the Pilot
+    model = get_peft_model(lora, CopilotConfig())
+    randomise_copilot(model)
+    model.eval()
+    ids, mask = inputs()
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_t5(), tmp_path).eval()
+    assert torch.equal(loaded.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6), reference)
+
+
+def test_the_copilot_can_start_from_a_smaller_pretrained_t5(tmp_path):
+    tiny_t5(d_model=16, layers=2, seed=3).save_pretrained(tmp_path)
+    model = get_peft_model(tiny_t5(), CopilotConfig(init="pretrained", pretrained_model_name_or_path=str(tmp_path)))
+    network = model.base_model.active_network
+    assert network.config.hidden_size == 16 and network.config.memory_size == 32 and len(network.layers) == 2
+    randomise_copilot(model)
+    ids, mask = inputs()
+    assert model.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=4).shape == (3, 5)
