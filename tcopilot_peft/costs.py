@@ -48,9 +48,11 @@ class CostModel:
 def cost_model(model: torch.nn.Module) -> CostModel:
     """The cost model of a model carrying a Copilot (a `PeftModel` or the `CopilotModel` tuner)."""
     tuner = next(m for m in model.modules() if isinstance(m, CopilotModel))
+    if tuner.encoder_decoder:
+        raise ValueError("The analytic cost model covers decoder-only Pilots; time an encoder-decoder Pilot instead.")
     pilot = tuner.model
     vocab, hidden = pilot.get_output_embeddings().weight.shape
-    pilot_blocks = sum(p.numel() for n, p in pilot.model.layers.named_parameters() if "lora_" not in n)
+    pilot_blocks = sum(_weights(p) for n, p in pilot.model.layers.named_parameters() if "lora_" not in n)
     network = tuner.active_network
     copilot = sum(p.numel() for p in network.parameters())
     # Cross-attention layers project two memory entries (X̃ and pooled h) per position through k/v and, when the
@@ -66,3 +68,10 @@ def cost_model(model: torch.nn.Module) -> CostModel:
         copilot_block_macs=copilot,
         gram_macs=hidden * hidden,
     )
+
+
+def _weights(parameter: torch.nn.Parameter) -> int:
+    """How many weights a parameter holds: a bitsandbytes 4-bit one packs two per stored byte (its quant state keeps
+    the unpacked shape)."""
+    state = getattr(parameter, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else parameter.numel()
