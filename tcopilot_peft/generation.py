@@ -36,6 +36,7 @@ def generate_arms(
     # Only what a causal LM's generate() accepts (some tokenizers add token_type_ids).
     inputs = {name: encoded[name].to(model.device) for name in ("input_ids", "attention_mask")}
     width = inputs["input_ids"].shape[1]
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
     completions, costs = {}, {}
     for arm in arms:
         began = time.perf_counter()
@@ -45,7 +46,7 @@ def generate_arms(
         else:
             out = model.generate(**inputs, **generate_kwargs)
         seconds = time.perf_counter() - began
-        new = out if model.config.is_encoder_decoder else out[:, width:]  # a decoder's output holds no prompt
+        new = out if encoder_decoder else out[:, width:]  # an encoder-decoder's output holds no prompt
         pad = generate_kwargs.get("pad_token_id", tokenizer.pad_token_id)
         costs[arm] = (int((new != pad).sum()), seconds)
         completions[arm] = tokenizer.batch_decode(new, skip_special_tokens=True)
