@@ -1,0 +1,180 @@
+"""Sequential recommendation, the paper's third task family (SPEC §6, App. F.2): the Amazon Beauty data as OpenP5
+processes it, next-item prompts, ranking by beam search constrained to real item ids, and Hit@K / NDCG@K.
+
+Data (`load_user_sequences`): `user_sequence_random_indexing.txt`, one user per line, `user_id item item ...` in
+interaction order with OpenP5's random numeric item ids; every id must be one of `item_random_indexing.txt`'s.
+
+Splits (`leave_one_out`), as OpenP5's `generate_dataset*.py` build them: per user the last item is the test target,
+the second-to-last the validation target, and every earlier item (from the second on) a training target; the history
+before a target is truncated to its `max_history` most recent items (OpenP5's `max_his`, default 10), joined by
+" , ". The prompt is the paper's: "Considering {dataset}, user_{id} has interacted with {dataset} items {history}.
+What is the next recommendation for the user?"; the completion is the target's numeric id.
+
+Ranking (`rank_items`): beam search with K beams (K = the largest cutoff), every beam constrained by a prefix trie of
+the tokenised item ids (`ItemTrie`, through `prefix_allowed_tokens_fn`), so each returned sequence is a real item;
+duplicates are removed keeping the best-ranked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .benchmarks import BadRowPolicy, DataError
+
+
+SEQUENCES_FILE = "user_sequence_random_indexing.txt"
+ITEMS_FILE = "item_random_indexing.txt"
+PROMPT = (
+    "Considering {dataset}, user_{user} has interacted with {dataset} items {history}. "
+    "What is the next recommendation for the user?"
+)
+HISTORY_SEPARATOR = " , "
+KS = (5, 10, 20)
+
+
+def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = KS) -> dict:
+    """Hit@K and NDCG@K averaged over users, one relevant item each (leave-one-out).
+
+    NDCG@K = 1 / log2(rank + 1) with the target at `rank` (from 1) within the top K, else 0; the ideal DCG is 1.
+
+    Args:
+        ranked: per user, item ids best first (only the first K count for cutoff K).
+        targets: per user, the held-out item id.
+        ks: the cutoffs.
+    """
+    if len(ranked) != len(targets) or not targets:
+        raise ValueError(f"ranking_metrics needs one ranking per target; got {len(ranked)} and {len(targets)}.")
+    metrics = {}
+    for k in ks:
+        ranks = [
+            list(items[:k]).index(target) + 1 if target in items[:k] else None
+            for items, target in zip(ranked, targets)
+        ]
+        metrics[f"hit@{k}"] = sum(rank is not None for rank in ranks) / len(targets)
+        metrics[f"ndcg@{k}"] = sum(1 / math.log2(rank + 1) for rank in ranks if rank is not None) / len(targets)
+    return metrics
+
+
+@dataclass(frozen=True)
+class UserSequence:
+    user: str
+    items: tuple[str, ...]
+
+
+def load_item_ids(folder: str) -> set[str]:
+    """The numeric item ids of `item_random_indexing.txt` (`original_id numeric_id` per line)."""
+    path = os.path.join(folder, ITEMS_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{folder} has no {ITEMS_FILE} (an OpenP5 data folder holds it beside {SEQUENCES_FILE})")
+    ids = set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise DataError(f"{path}, line {number}: expected 'original_id numeric_id', got {line.strip()!r}")
+            ids.add(fields[1])
+    return ids
+
+
+def load_user_sequences(folder: str, on_bad_rows: BadRowPolicy = "error") -> tuple[list[UserSequence], list[str]]:
+    """Every user's interaction sequence; returns the sequences and, under `on_bad_rows="skip"`, what was skipped."""
+    known = load_item_ids(folder)
+    path = os.path.join(folder, SEQUENCES_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{folder} has no {SEQUENCES_FILE} (OpenP5's randomly indexed user sequences)")
+    users, skipped = [], []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            user, *items = line.split()
+            problem = _sequence_problem(items, known)
+            if problem is None:
+                users.append(UserSequence(user, tuple(items)))
+            elif on_bad_rows == "skip":
+                skipped.append(f"{path}, line {number}: {problem}")
+            else:
+                raise DataError(
+                    f"{path}, line {number}: {problem} (pass --bad-rows skip to count and skip such lines)"
+                )
+    return users, skipped
+
+
+def _sequence_problem(items: list[str], known: set[str]) -> str | None:
+    if len(items) < 3:
+        return f"a user needs at least 3 items (train, validation, test), got {len(items)}"
+    unknown = [item for item in items if item not in known]
+    return f"item id {unknown[0]!r} is not in {ITEMS_FILE}" if unknown else None
+
+
+def leave_one_out(users: Sequence[UserSequence], dataset: str = "Beauty", max_history: int = 10) -> dict[str, list]:
+    """Prompt/completion rows: `train` (every earlier item of every user), `validation` and `test` (one per user)."""
+    splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+    for sequence in users:
+        items = sequence.items
+        for position in range(1, len(items) - 2):
+            splits["train"].append(_row(dataset, sequence.user, items[:position], items[position], max_history))
+        splits["validation"].append(_row(dataset, sequence.user, items[:-2], items[-2], max_history))
+        splits["test"].append(_row(dataset, sequence.user, items[:-1], items[-1], max_history))
+    return splits
+
+
+def _row(dataset: str, user: str, history: Sequence[str], target: str, max_history: int) -> dict[str, str]:
+    recent = HISTORY_SEPARATOR.join(history[-max_history:] if max_history > 0 else history)
+    return {"prompt": PROMPT.format(dataset=dataset, user=user, history=recent), "completion": target, "user": user}
+
+
+class ItemTrie:
+    """A prefix trie of the tokenised item ids (each followed by the end-of-sequence token): the tokens that may come
+    next after a partial id, for `generate(prefix_allowed_tokens_fn=...)`."""
+
+    def __init__(self, item_ids: Sequence[str], tokenizer):
+        self.root: dict[int, dict] = {}
+        self.eos = tokenizer.eos_token_id
+        self.items = frozenset(item_ids)
+        self.longest = 0  # tokens of the longest id, its end token included
+        for item in self.items:
+            tokens = tokenizer(item, add_special_tokens=False).input_ids + [self.eos]
+            self.longest = max(self.longest, len(tokens))
+            node = self.root
+            for token in tokens:
+                node = node.setdefault(token, {})
+
+    def allowed(self, generated: Sequence[int]) -> list[int]:
+        node = self.root
+        for token in generated:
+            if token not in node:
+                return [self.eos]  # a finished id: only padding-like end tokens follow
+            node = node[token]
+        return list(node) or [self.eos]
+
+
+@torch.inference_mode()
+def rank_items(model, tokenizer, prompts: Sequence[str], trie: ItemTrie, k: int = max(KS), arm: str = "fused") -> list:
+    """Per prompt, up to `k` distinct item ids ranked by beam search with `k` beams constrained to `trie`; `arm`
+    `"pilot"` runs with the Copilot off."""
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(model.device)
+    encoder_decoder = model.config.is_encoder_decoder
+    start = 1 if encoder_decoder else encoded["input_ids"].shape[1]  # generated tokens begin after this column
+    settings = dict(
+        num_beams=k,
+        num_return_sequences=k,
+        do_sample=False,
+        max_new_tokens=trie.longest,
+        pad_token_id=tokenizer.pad_token_id,
+        prefix_allowed_tokens_fn=lambda _, ids: trie.allowed(ids[start:].tolist()),
+    )
+    inputs = {name: encoded[name] for name in ("input_ids", "attention_mask")}
+    if arm == "pilot":
+        with model.disable_adapter():
+            out = model.generate(**inputs, **settings)
+    else:
+        out = model.generate(**inputs, **settings)
+    texts = [text.strip() for text in tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)]
+    # When fewer than k ids share the first tokens, beam search also returns beams it could not extend: drop them.
+    return [
+        [item for item in dict.fromkeys(texts[i * k : (i + 1) * k]) if item in trie.items] for i in range(len(prompts))
+    ]
