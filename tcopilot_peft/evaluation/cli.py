@@ -76,7 +76,9 @@ def register_eval(subparsers) -> None:
     _add_model_arguments(parser)
     _add_data_arguments(parser, required=True)
     decoding = parser.add_argument_group("decoding")
-    decoding.add_argument("--num-beams", type=_positive_int, default=4, help="beam-search width (default: 4)")
+    decoding.add_argument(
+        "--num-beams", type=_positive_int, help="beam-search width (default: 4; for beauty 20, the largest K ranked)"
+    )
     decoding.add_argument(
         "--max-new-tokens",
         type=_positive_int,
@@ -191,6 +193,9 @@ def _settings(args: argparse.Namespace, model) -> dict[str, object]:
 def run_eval(args: argparse.Namespace) -> int:
     from .runner import PREDICTIONS_FILE, RESULTS_FILE, DecodingSettings, ResumeError, run_evaluation
 
+    if args.benchmarks and args.benchmarks.strip().lower() == "beauty":
+        return run_recommendation_eval(args)
+    args.num_beams = args.num_beams or 4
     benchmarks = load_benchmarks(args)
     model, tokenizer = load_model(args)
     try:
@@ -213,6 +218,46 @@ def run_eval(args: argparse.Namespace) -> int:
         raise
     print(report.table())
     print(f"\nresults: {os.path.join(args.output, RESULTS_FILE)}")
+    return 0
+
+
+def run_recommendation_eval(args: argparse.Namespace) -> int:
+    """`tcopilot eval --benchmarks beauty --data OPENP5_FOLDER`: Hit@K and NDCG@K of the Pilot and the fused model."""
+    from .recommendation import RESULTS_FILE as RECOMMENDATION_RESULTS
+    from .recommendation import (
+        evaluate_recommendation,
+        format_recommendation_table,
+        leave_one_out,
+        load_item_ids,
+        load_user_sequences,
+    )
+
+    if len(args.data) != 1:
+        raise UsageError("--benchmarks beauty reads one --data folder (OpenP5's Beauty files)")
+    try:
+        users, skipped = load_user_sequences(args.data[0], on_bad_rows=args.bad_rows)
+        rows = leave_one_out(users)[args.split if args.split in ("validation", "test") else "test"]
+        items = sorted(load_item_ids(args.data[0]))
+    except DataError as error:
+        raise UsageError(str(error)) from error
+    for problem in skipped:
+        print(f"beauty: skipped {problem}", file=sys.stderr)
+    model, tokenizer = load_model(args)
+    try:
+        result = evaluate_recommendation(
+            model,
+            tokenizer,
+            rows[: args.limit] if args.limit else rows,
+            items,
+            output_dir=args.output,
+            num_beams=args.num_beams or 20,
+            batch_size=args.batch_size,
+            restart=args.restart,
+        )
+    except DataError as error:
+        raise UsageError(str(error)) from error
+    print(format_recommendation_table(result))
+    print(f"\n{result['users']} users; results: {os.path.join(args.output, RECOMMENDATION_RESULTS)}")
     return 0
 
 

@@ -17,6 +17,7 @@ duplicates are removed keeping the best-ranked.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -178,3 +179,81 @@ def rank_items(model, tokenizer, prompts: Sequence[str], trie: ItemTrie, k: int 
     return [
         [item for item in dict.fromkeys(texts[i * k : (i + 1) * k]) if item in trie.items] for i in range(len(prompts))
     ]
+
+
+PREDICTIONS_FILE = "recommendations.jsonl"
+RESULTS_FILE = "recommendation_results.json"
+
+
+def evaluate_recommendation(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    item_ids: Sequence[str],
+    output_dir: str,
+    num_beams: int = max(KS),
+    batch_size: int = 8,
+    restart: bool = False,
+) -> dict:
+    """Rank items for every row with the Copilot off and on (same prompts and beams) and score both; per-user rankings
+    are appended to `output_dir/recommendations.jsonl` batch by batch, and a rerun resumes from them.
+
+    Returns `{"pilot": metrics, "fused": metrics, "relative": (fused − pilot) / pilot per metric, "users": n}`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, PREDICTIONS_FILE)
+    done = {} if restart else _finished(path, rows)
+    trie = ItemTrie(item_ids, tokenizer)
+    pending = [row for row in rows if row["user"] not in done]
+    with open(path, "w" if restart else "a", encoding="utf-8") as handle:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            prompts = [row["prompt"] for row in batch]
+            pilot = rank_items(model, tokenizer, prompts, trie, k=num_beams, arm="pilot")
+            fused = rank_items(model, tokenizer, prompts, trie, k=num_beams, arm="fused")
+            for row, alone, corrected in zip(batch, pilot, fused):
+                record = {"user": row["user"], "target": row["completion"], "pilot": alone, "fused": corrected}
+                done[row["user"]] = record
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+    records = [done[row["user"]] for row in rows]
+    ks = [k for k in KS if k <= num_beams] or [num_beams]
+    targets = [record["target"] for record in records]
+    result = {arm: ranking_metrics([r[arm] for r in records], targets, ks) for arm in ("pilot", "fused")}
+    result["relative"] = {
+        name: (result["fused"][name] - value) / value if value else None for name, value in result["pilot"].items()
+    }
+    result["users"] = len(records)
+    with open(os.path.join(output_dir, RESULTS_FILE), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    return result
+
+
+def _finished(path: str, rows: Sequence[dict]) -> dict[str, dict]:
+    """Rankings already written for these rows; a file from other data is refused rather than mixed in."""
+    if not os.path.exists(path):
+        return {}
+    targets = {row["user"]: row["completion"] for row in rows}
+    done = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}, line {number}: not JSON; rerun with --restart to discard it") from None
+            if targets.get(record.get("user")) != record.get("target"):
+                raise DataError(
+                    f"{path}, line {number}: user {record.get('user')!r} with target {record.get('target')!r} is not "
+                    "in this evaluation's data; use another --output, or --restart to discard it"
+                )
+            done[record["user"]] = record
+    return done
+
+
+def format_recommendation_table(result: dict) -> str:
+    lines = ["| metric | Pilot | Pilot + Copilot | relative change |", "|---|---|---|---|"]
+    for name, pilot in result["pilot"].items():
+        relative = result["relative"][name]
+        change = f"{100 * relative:+.1f}%" if relative is not None else "–"
+        lines.append(f"| {name} | {100 * pilot:.2f} | {100 * result['fused'][name]:.2f} | {change} |")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Sequential recommendation: Hit@K / NDCG@K on hand-computed cases, OpenP5's leave-one-out split, clear errors on bad
 data folders, and ranking by beam search that only ever returns real, distinct item ids."""
 
+import json
 import math
 from pathlib import Path
 
@@ -102,3 +103,30 @@ def test_the_shared_beauty_data_loads_with_the_papers_counts():
     users, skipped = load_user_sequences(str(SHARED))
     assert len(users) == 22363 and not skipped
     assert len({item for user in users for item in user.items}) == 12101
+
+
+def beauty_args(saved_model, data, output, *extra):
+    pilot_dir, adapter_dir = saved_model
+    return [
+        "eval", "--model", str(pilot_dir), "--adapter", str(adapter_dir), "--benchmarks", "beauty",
+        "--data", str(data), "--output", str(output), "--num-beams", "4", "--batch-size", "4", *extra,
+    ]  # fmt: skip
+
+
+def test_tcopilot_eval_ranks_beauty_users_and_resumes(tmp_path, saved_model, capsys):
+    from tcopilot_peft.cli import main
+    from tcopilot_peft.evaluation.recommendation import PREDICTIONS_FILE, RESULTS_FILE
+
+    lines = [f"{user} {' '.join(ITEMS[(user + i) % len(ITEMS)] for i in range(4))}" for user in range(30)]
+    data = write_folder(tmp_path / "beauty", lines)
+    output = tmp_path / "out"
+    assert main(beauty_args(saved_model, data, output, "--limit", "6")) == 0
+    printed = capsys.readouterr().out
+    assert "| hit@4 |" in printed and "| hit@5 |" not in printed  # 4 beams: only K ≤ 4 is reported
+    result = json.loads((output / RESULTS_FILE).read_text())
+    assert result["users"] == 6 and set(result["pilot"]) == {"hit@4", "ndcg@4"}
+    assert len((output / PREDICTIONS_FILE).read_text().splitlines()) == 6
+    assert main(beauty_args(saved_model, data, output, "--limit", "8")) == 0  # resumes: two more users only
+    assert len((output / PREDICTIONS_FILE).read_text().splitlines()) == 8
+    assert main(beauty_args(saved_model, tmp_path / "nowhere", output)) == 2
+    assert "has no item_random_indexing.txt" in capsys.readouterr().err
