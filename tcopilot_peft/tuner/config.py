@@ -156,6 +156,7 @@ class CopilotConfig(PeftConfig):
                 setattr(self, name, None)
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
             raise ValueError(f"CopilotConfig.num_layers must be an integer >= 1, got {self.num_layers!r}.")
+        self._check_saved_architecture()
         if self.init not in COPILOT_INITS:
             raise ValueError(f"CopilotConfig.init must be one of {COPILOT_INITS}, got {self.init!r}.")
         if self.init == "pretrained" and not self.pretrained_model_name_or_path:
@@ -168,6 +169,34 @@ class CopilotConfig(PeftConfig):
             raise ValueError(f"CopilotConfig.dropout must be in [0, 1), got {self.dropout!r}.")
         if not (0.0 < self.prob_floor < 1.0):
             raise ValueError(f"CopilotConfig.prob_floor must be in (0, 1), got {self.prob_floor!r}.")
+
+    def _check_saved_architecture(self) -> None:
+        """A saved adapter's shape must be whole and agree with `num_layers` (a corrupt adapter_config.json is refused
+        here, before any Copilot is built)."""
+        if self.copilot_architecture is None:
+            return
+        if not isinstance(self.copilot_architecture, dict):
+            raise ValueError(
+                f"CopilotConfig.copilot_architecture must be a dict, got {type(self.copilot_architecture)}."
+            )
+        bad = [k for k in ARCHITECTURE_SIZES if not _positive_int(self.copilot_architecture.get(k))]
+        if bad:
+            raise ValueError(
+                f"CopilotConfig.copilot_architecture needs positive integers for {bad}, got "
+                f"{[self.copilot_architecture.get(k) for k in bad]}."
+            )
+        if self.num_layers is not None and self.num_layers != self.copilot_architecture["num_layers"]:
+            raise ValueError(
+                f"CopilotConfig.num_layers={self.num_layers} disagrees with copilot_architecture's num_layers="
+                f"{self.copilot_architecture['num_layers']}."
+            )
+
+
+ARCHITECTURE_SIZES = ("memory_size", "hidden_size", "num_layers", "num_attention_heads", "intermediate_size")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def validate_fusion_mode(mode: str) -> None:

@@ -130,12 +130,14 @@ class CopilotModel(BaseTuner):
     ) -> None:
         """Build the Copilot network beside the Pilot (PEFT's other methods replace Pilot modules here)."""
         config: CopilotConfig = self._prepare_adapter_config(self.peft_config[adapter_name], model.config.to_dict())
+        network = build_copilot(model, config)  # first: a config that cannot be built leaves the Pilot untouched
+        self._injected_lora = False
         if config.pilot_lora_config and not any(isinstance(m, LoraLayer) for m in model.modules()):
             # A Copilot saved from a LoRA-tuned Pilot carries that Pilot's LoRA weights; recreate layers to hold them.
             lora_fields = {k: v for k, v in config.pilot_lora_config.items() if k in LoraConfig.__dataclass_fields__}
             lora_fields.pop("peft_type", None)
             inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=adapter_name)
-        network = build_copilot(model, config)
+            self._injected_lora = True
         embedding = model.get_input_embeddings().weight
         # Under PEFT's `low_cpu_mem_usage` the network is built on `meta`: loading then assigns the saved tensors as
         # its weights, and `_move_adapter_to_device_of_base_layer` puts them beside the Pilot.
@@ -160,15 +162,24 @@ class CopilotModel(BaseTuner):
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Check every loaded tensor before any is assigned; on a problem, undo what building the adapter did to the
+        Pilot (recreated LoRA layers) and refuse, so a failed load leaves the Pilot as it was."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        expected = [k for k in model.state_dict() if f"copilot_model.{adapter_name}." in k]
-        missing = [k for k in expected if k not in remapped]
-        if missing:
-            raise ValueError(
-                f"The Copilot adapter file is missing {len(missing)} of {len(expected)} Copilot weights "
-                f"(first: {missing[0]!r}); it is incomplete or was saved from a different Copilot architecture."
-            )
+        problem = weights_problem(model.state_dict(), remapped, f"copilot_model.{adapter_name}.")
+        if problem is not None:
+            next(m for m in model.modules() if isinstance(m, CopilotModel))._undo_injection()
+            raise ValueError(f"The Copilot adapter file (adapter_model.safetensors) {problem}; nothing was loaded.")
         return remapped
+
+    def _undo_injection(self) -> None:
+        """Take the LoRA layers this adapter recreated off the Pilot, and PEFT's config attribute."""
+        if self._injected_lora:
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, LoraLayer):
+                    parent_name, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent_name), child, module.get_base_layer())
+            self._injected_lora = False
+        self.model.__dict__.pop("peft_config", None)
 
     @property
     def copilot_model(self) -> nn.ModuleDict:
@@ -508,6 +519,29 @@ class CopilotModel(BaseTuner):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def weights_problem(expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], marker: str) -> str | None:
+    """What is wrong with an adapter's tensors against the model's (`marker` names the Copilot's keys), or None:
+    missing Copilot weights, unknown keys, wrong shapes, non-float or non-finite Copilot weights."""
+    copilot = [k for k in expected if marker in k]
+    missing = [k for k in copilot if k not in loaded]
+    if missing:
+        return (
+            f"is missing {len(missing)} of {len(copilot)} Copilot weights (first: {missing[0]!r}); it is incomplete "
+            "or was saved from a different Copilot architecture"
+        )
+    unknown = [k for k in loaded if k not in expected]
+    if unknown:
+        return f"holds {len(unknown)} weights this model does not have (first: {unknown[0]!r})"
+    for key, tensor in loaded.items():
+        if tensor.shape != expected[key].shape:
+            return f"gives {key!r} the shape {tuple(tensor.shape)}, the model's is {tuple(expected[key].shape)}"
+        if marker in key and not tensor.is_floating_point():
+            return f"gives {key!r} the non-float dtype {tensor.dtype}"
+        if marker in key and not torch.isfinite(tensor).all():
+            return f"gives {key!r} non-finite values"
+    return None
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:

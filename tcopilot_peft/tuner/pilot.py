@@ -97,6 +97,8 @@ def build_copilot(model: nn.Module, config: CopilotConfig) -> CopilotNetwork:
     """The Copilot network for `config` on the Pilot `model`: a saved adapter's shape (its weights are loaded after),
     or a new one initialised from the Pilot's layers, a smaller pretrained decoder's, or randomly."""
     network_class = T5CopilotNetwork if is_encoder_decoder(model) else CopilotNetwork
+    if config.copilot_architecture is not None:
+        _check_saved_size(model, network_class, _saved_architecture(config))
     if config.copilot_architecture is not None and config.inference_mode:
         return network_class(_saved_architecture(config))  # weights are overwritten right after: nothing to copy
     source = _pretrained_source(model, config) if config.init == "pretrained" else model
@@ -109,6 +111,19 @@ def build_copilot(model: nn.Module, config: CopilotConfig) -> CopilotNetwork:
         std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
         return network_class.with_random_blocks(architecture, std)
     return network_class.from_decoder_layers(architecture, decoder_layers(source), config.init_layers)
+
+
+def _check_saved_size(model: nn.Module, network_class, architecture) -> None:
+    """Refuse, before allocating it, a saved Copilot larger than twice its Pilot: no Copilot of the paper is, and a
+    corrupt or foreign adapter_config.json could otherwise ask for any amount of memory."""
+    with torch.device("meta"):
+        size = sum(p.numel() for p in network_class(architecture).parameters())
+    pilot = sum(p.numel() for p in model.parameters())
+    if size > 2 * pilot:
+        raise ValueError(
+            f"adapter_config.json describes a Copilot of {size:,} parameters beside a Pilot of {pilot:,}; refusing "
+            "to build it (the file is corrupt or belongs to another Pilot)."
+        )
 
 
 def _saved_architecture(config: CopilotConfig) -> CopilotNetworkConfig | T5CopilotNetworkConfig:
