@@ -136,7 +136,9 @@ class CopilotModel(BaseTuner):
             # A Copilot saved from a LoRA-tuned Pilot carries that Pilot's LoRA weights; recreate layers to hold them.
             lora_fields = {k: v for k, v in config.pilot_lora_config.items() if k in LoraConfig.__dataclass_fields__}
             lora_fields.pop("peft_type", None)
-            inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=adapter_name)
+            # Under the LoRA adapter's own name (its weights are saved under it), whatever the Copilot's is.
+            lora_name = config.pilot_lora_config.get("adapter_name", "default")
+            inject_adapter_in_model(LoraConfig(**lora_fields), model, adapter_name=lora_name)
             self._injected_lora = True
         embedding = model.get_input_embeddings().weight
         # Under PEFT's `low_cpu_mem_usage` the network is built on `meta`: loading then assigns the saved tensors as

@@ -71,6 +71,7 @@ def unwrap_lora_pilot(model: PeftModel, config: CopilotConfig) -> nn.Module:
             lora_dict[key] = sorted(value)
         elif hasattr(value, "value"):
             lora_dict[key] = value.value
+    lora_dict["adapter_name"] = model.active_adapter  # its weights are saved under this name
     config.pilot_lora_config = lora_dict
     return base
 

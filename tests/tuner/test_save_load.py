@@ -184,3 +184,20 @@ def test_an_adapter_saved_before_copilot_loss_existed_loads_as_the_paper_objecti
     config_path.write_text(json.dumps(saved))
     config = PeftModel.from_pretrained(tiny_pilot(), tmp_path).peft_config["default"]
     assert (config.copilot_loss, config.fusion_mode, config.inference_feed) == ("rmse", "prob", "copilot")
+
+
+def test_a_lora_tuned_pilots_lora_survives_a_copilot_saved_under_another_name(tmp_path):
+    """The LoRA layers are recreated under the LoRA adapter's own name, whatever the Copilot's (they were dropped
+    silently when both took the Copilot's name)."""
+    lora = get_peft_model(tiny_pilot(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    model = get_peft_model(lora, CopilotConfig(), adapter_name="mine").eval()
+    ids = torch.randint(3, 97, (2, 6))
+    with model.disable_adapter():
+        pilot_logits = model(input_ids=ids).logits  # the LoRA-tuned Pilot alone
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_pilot(), tmp_path / "mine", adapter_name="mine").eval()
+    with loaded.disable_adapter():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, pilot_logits)
