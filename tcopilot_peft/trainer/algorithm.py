@@ -302,14 +302,27 @@ class CopilotTrainerMixin:
             self._holdout_draws = state.get("holdout_draws", 0)
         log_path = os.path.join(checkpoint, f"{MISTAKE_LOG_NAME}_rank{self.args.process_index}")
         if os.path.exists(log_path + ".safetensors"):
+            self._resume_mistake_log(log_path)
+
+    def _resume_mistake_log(self, log_path: str) -> None:
+        """Reload the log saved with a checkpoint. One that cannot be read, was written by an older version or does
+        not fit this Copilot (another run's) is dropped with a warning saying why: the log is a cache of recent
+        rounds and refills within a few steps, so a resume never fails on it."""
+        try:
             with open(log_path + ".json") as handle:
                 meta = json.load(handle)
-            try:
-                self.mistake_log.load_state_dict(load_file(log_path + ".safetensors"), meta)
-            except ValueError as error:  # written by an older version: the log refills within a few steps
-                warnings.warn(
-                    f"{log_path}.safetensors: {error} The Copilot resumes with an empty Mistake Log.", stacklevel=2
-                )
+            log = MistakeLog(seed=self.args.seed + self.args.process_index)
+            log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+            width = self.copilot_tuner.active_network.config.memory_size
+            if log.rounds and log.rounds[0][0].hidden.shape[-1] != width:
+                raise ValueError(f"its rows hold states of width {log.rounds[0][0].hidden.shape[-1]}, not {width}.")
+        except Exception as error:  # noqa: BLE001  (safetensors, JSON and format errors alike)
+            warnings.warn(
+                f"{log_path}.safetensors: cannot be resumed ({error}). The Copilot resumes with an empty Mistake Log.",
+                stacklevel=2,
+            )
+            return
+        self.mistake_log = log
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)

@@ -63,3 +63,23 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy):
     if not lora:
         for (name, a), b in zip(full.copilot_tuner.model.named_parameters(), resumed.copilot_tuner.model.parameters()):
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "another run's"])
+def test_a_damaged_mistake_log_is_dropped_with_a_warning_and_the_run_resumes(tmp_path, damage):
+    first = make_trainer(tmp_path / "first", lora=True)
+    first.train()
+    checkpoint = tmp_path / "first" / "checkpoint-3"
+    log_file = checkpoint / "mistake_log_rank0.safetensors"
+    if damage == "truncated":
+        log_file.write_bytes(log_file.read_bytes()[:100])
+    else:  # rows of another Pilot's width
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(log_file)
+        tensors = {k: v[..., :5].contiguous() if k.endswith(".hidden") else v for k, v in tensors.items()}
+        save_file(tensors, log_file)
+    resumed = make_trainer(tmp_path / "resumed", lora=True)
+    with pytest.warns(UserWarning, match="cannot be resumed"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6 and len(resumed.mistake_log) > 0  # it refilled
