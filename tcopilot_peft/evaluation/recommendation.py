@@ -154,9 +154,11 @@ class ItemTrie:
 
 
 @torch.inference_mode()
-def rank_items(model, tokenizer, prompts: Sequence[str], trie: ItemTrie, k: int = max(KS), arm: str = "fused") -> list:
+def rank_items(
+    model, tokenizer, prompts: Sequence[str], trie: ItemTrie, k: int = max(KS), arm: str = "fused", **generate_kwargs
+) -> list:
     """Per prompt, up to `k` distinct item ids ranked by beam search with `k` beams constrained to `trie`; `arm`
-    `"pilot"` runs with the Copilot off."""
+    `"pilot"` runs with the Copilot off; `generate_kwargs` (a `logits_processor`, ...) go to `generate`."""
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(model.device)
     encoder_decoder = model.config.is_encoder_decoder
     start = 1 if encoder_decoder else encoded["input_ids"].shape[1]  # generated tokens begin after this column
@@ -167,6 +169,7 @@ def rank_items(model, tokenizer, prompts: Sequence[str], trie: ItemTrie, k: int 
         max_new_tokens=trie.longest,
         pad_token_id=tokenizer.pad_token_id,
         prefix_allowed_tokens_fn=lambda _, ids: trie.allowed(ids[start:].tolist()),
+        **generate_kwargs,
     )
     inputs = {name: encoded[name] for name in ("input_ids", "attention_mask")}
     if arm == "pilot":
