@@ -130,3 +130,10 @@ def test_refuses_what_it_cannot_train(tmp_path):
         make_trainer(tmp_path, get_peft_model(tiny_pilot(), CopilotConfig()))
     with pytest.raises(ValueError, match="needs a Copilot"):
         CopilotSeq2SeqTrainer(model=t5(), args=CopilotSeq2SeqConfig(output_dir=str(tmp_path)))
+
+
+def test_out_of_sample_mistakes_work_for_seq2seq_pilots(tmp_path):
+    trainer = make_trainer(tmp_path, get_peft_model(t5(), CopilotConfig()), max_steps=2, copilot_holdout_fraction=0.25)
+    assert len(trainer.train_dataset) == 24 and len(trainer.copilot_holdout) == 8
+    trainer.train()
+    assert len(trainer.mistake_log) == 8  # two holdout batches of 4 logged, none of the Pilot's own
