@@ -660,17 +660,22 @@ def markdown(data: dict) -> str:
         "",
         f"Settings: {meta['settings']}",
         "",
-        "## Targets",
-        "",
-        "| target | where | value | result |",
-        "|---|---|---|---|",
     ]
+    return "\n".join(lines + _check_lines(data) + _inference_lines(data) + _training_lines(data)) + "\n"
+
+
+def _check_lines(data: dict) -> list[str]:
+    lines = ["## Targets", "", "| target | where | value | result |", "|---|---|---|---|"]
     for row in data["targets"]:
         lines.append(f"| {row['target']} | {row['where']} | {row['value']} | {'met' if row['met'] else 'NOT met'} |")
     lines += ["", "## Correctness", "", "| model | check | result | detail |", "|---|---|---|---|"]
     for row in data["correctness"]:
         lines.append(f"| {row['model']} | {row['check']} | {row['status']} | {row['detail']} |")
-    lines += [
+    return lines
+
+
+def _inference_lines(data: dict) -> list[str]:
+    lines = [
         "",
         "## Inference (Pilot alone vs Pilot + Copilot)",
         "",
@@ -700,7 +705,11 @@ def markdown(data: dict) -> str:
         "Both Copilots' weights stay on the device through every inference measurement, the Pilot-alone ones "
         f"included; Copilot sizes: {sizes or 'n/a'}. Pilot alone = the same model under `disable_adapter()`.",
     ]
-    lines += [
+    return lines
+
+
+def _training_lines(data: dict) -> list[str]:
+    lines = [
         "",
         "## Training step (SFTTrainer vs CopilotSFTTrainer)",
         "",
@@ -719,7 +728,7 @@ def markdown(data: dict) -> str:
         lines += ["", "## Not measured", ""]
         lines += [f"- {row['what']}: skipped ({row['why']})" for row in data["skipped"]]
         lines += [f"- {row['what']}: error `{row['error']}`" for row in data["errors"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # ---------------------------------------------------------------------- main
@@ -734,7 +743,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny configs on whatever device there is")
     parser.add_argument(
@@ -753,19 +762,12 @@ def main() -> None:
         help="TRL's default; off here, as in the FLOP model (which counts no recomputation)",
     )
     parser.add_argument("--skip-correctness", action="store_true")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    args.device = "cuda" if cuda else "cpu"
-    if args.output is None:
-        default = Path(tempfile.gettempdir()) / "tcopilot-gpu-smoke" if args.smoke else REPO / "benchmarks"
-        args.output = default / "GPU_RESULTS.md"
-    plan = SMOKE_PLAN if args.smoke else Plan(pilots=PILOTS)
-    if args.smoke and not cuda:
-        torch.set_num_threads(1)  # a check, not a measurement: one thread is fastest on a small, shared CPU
-    if not cuda and not args.smoke:
-        print("No CUDA device: the full run needs one (the Pilots are ~1B parameters); use --smoke on a CPU.")
-    budget = Budget(args.time_budget_s, guess_scale=0.05 if args.smoke else 1.0)
-    meta = {
+    return parser.parse_args()
+
+
+def run_metadata(args: argparse.Namespace, plan, cuda: bool) -> dict:
+    """What the report says about the machine, versions and settings."""
+    return {
         "smoke": args.smoke,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
@@ -792,6 +794,22 @@ def main() -> None:
             f"feed), output map random (std 0.02) so corrections are non-zero"
         ),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    cuda = torch.cuda.is_available()
+    args.device = "cuda" if cuda else "cpu"
+    if args.output is None:
+        default = Path(tempfile.gettempdir()) / "tcopilot-gpu-smoke" if args.smoke else REPO / "benchmarks"
+        args.output = default / "GPU_RESULTS.md"
+    plan = SMOKE_PLAN if args.smoke else Plan(pilots=PILOTS)
+    if args.smoke and not cuda:
+        torch.set_num_threads(1)  # a check, not a measurement: one thread is fastest on a small, shared CPU
+    if not cuda and not args.smoke:
+        print("No CUDA device: the full run needs one (the Pilots are ~1B parameters); use --smoke on a CPU.")
+    budget = Budget(args.time_budget_s, guess_scale=0.05 if args.smoke else 1.0)
+    meta = run_metadata(args, plan, cuda)
     report = Report(args.output, meta)
     say(f"device {args.device} ({meta['device_name']}); results to {args.output}")
     with tempfile.TemporaryDirectory(prefix="tcopilot-bench-gpu-") as directory:
