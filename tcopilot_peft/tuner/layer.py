@@ -134,35 +134,56 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         token_embeds: torch.Tensor,
         generated: torch.Tensor,
         view: CopilotCacheView | None,
-        pilot_logits: torch.Tensor | None,
+        feed: str,
+        pilot_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """u at every position of this call. `generated` (`(B, n)`, bool) marks positions whose input is the error
-        at the previous, generated, position; the others read 0. With `pilot_logits` the Copilot reads
-        onehot(ŷ) − p̂ there (`token_embeds`, the embeddings of this call's input tokens, give onehot(ŷ)·E), without
-        them its own previous output."""
+        at the previous, generated, position; the others read 0. With `feed="pilot_error"` the Copilot reads
+        onehot(ŷ) − p̂ there (`token_embeds`, the embeddings of this call's input tokens, give onehot(ŷ)·E; p̂ from
+        `pilot_logits`, this call's Pilot logits), with `"copilot"` its own previous output.
+
+        A decoding step (no position after the first generated) needs no p̂ of this call: `pilot_logits` may then be
+        left out, so the Pilot's logits and the correction can share one LM-head pass afterwards; the caller then
+        stores the next position's input with `store_pilot_error`.
+        """
         previous = view.pending() if view is not None and view.past else torch.zeros_like(token_embeds[:, :1]).float()
         generated = generated.unsqueeze(-1)
-        if pilot_logits is not None:
+        if feed == "pilot_error":
             u, pending = self._on_pilot_errors(
                 memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous
             )
         else:
             u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated, view, previous)
-        if view is not None:
+        if view is not None and pending is not None:
             view.store_pending(pending)
         return u
+
+    def _error_pending(self, pilot_logits: torch.Tensor) -> torch.Tensor:
+        """−p̂·E: the part of onehot(ŷ) − p̂ known before ŷ is chosen."""
+        # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
+        z = pilot_logits.detach().float()
+        # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
+        probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
+        return -(probs @ self.embedding_weight().float())
+
+    def store_pilot_error(self, view: CopilotCacheView, last_logits: torch.Tensor, length: int) -> None:
+        """After a decoding step's LM head: −p̂·E of the call's last position, the next position's input (the
+        entries of earlier positions in the call are never read, and are stored as zeros)."""
+        pending = self._error_pending(last_logits)
+        view.store_pending(torch.cat([torch.zeros_like(pending).expand(-1, length - 1, -1), pending], dim=1))
 
     def _on_pilot_errors(self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous):
         """Every input is known from the Pilot's logits of this call, so the whole call runs as one chunk.
 
         `pending[:, t]` = −p̂_t·E: at position t + 1, once generated, the embedding of its input token ŷ_t is added.
+        Without `pilot_logits` (a decoding step) only the first position can be generated, and it reads `previous`.
         """
-        # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
-        z = pilot_logits.detach().float()
-        # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
-        probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
-        pending = -(probs @ self.embedding_weight().float())
-        inputs = (torch.cat([previous, pending[:, :-1]], dim=1) + token_embeds.float()) * generated
+        if pilot_logits is None:
+            pending, earlier = None, torch.zeros_like(token_embeds[:, :-1]).float()
+        else:
+            pending = self._error_pending(pilot_logits)
+            earlier = pending[:, :-1]
+        inputs = (torch.cat([previous, earlier], dim=1) + token_embeds.float()) * generated
         cache, offset = (view.cache, view.first_slot) if view is not None else (None, 0)
         return self.active_network(inputs, memory_x, memory_h, key_valid, cache, offset), pending
 

@@ -436,11 +436,19 @@ class CopilotModel(BaseTuner):
         if prompt_length is None:
             prompt_length = self._generation_prompt_length
         generated = generated_positions(prompt_length, past, batch, length, hidden.device)
-        # The "pilot_error" feed needs p̂ at every position of the call, so the head then runs everywhere.
-        pilot_logits = self.model.lm_head(hidden) if config.inference_feed == "pilot_error" else None
-        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, pilot_logits)
+        feed = config.inference_feed
+        # The "pilot_error" feed reads p̂ of this call's positions when one after the first is generated (scoring a
+        # continuation): the head then runs first, everywhere. A decoding step reads only the previous step's p̂, so
+        # the Pilot's logits and the correction share one head pass after the Copilot.
+        decoding = feed == "pilot_error" and isinstance(logits_to_keep, int) and not generated[:, 1:].any()
+        pilot_logits = self.model.lm_head(hidden) if feed == "pilot_error" and not decoding else None
+        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits)
         hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-        if pilot_logits is not None:
+        if decoding:
+            pilot_logits, correction = self._logits_and_correction(hidden, u)
+            if view is not None:
+                self.copilot_layer.store_pilot_error(view, pilot_logits[:, -1:], length)
+        elif pilot_logits is not None:
             pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_layer.head(u)
         elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
             fused = self.model.lm_head(hidden + config.fusion_lambda * u.to(hidden.dtype))

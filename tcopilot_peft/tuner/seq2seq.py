@@ -104,7 +104,8 @@ def _inference(tuner, pilot_out, encoder, memory_h, key_valid, token_embeds, pro
     batch, length = memory_h.shape[:2]
     generated = generated_positions(prompt_length, past, batch, length, memory_h.device)
     logits = pilot_out.logits
-    feed = logits if config.inference_feed == "pilot_error" else None
-    u = tuner.copilot_layer.inference(encoder, memory_h, key_valid, token_embeds, generated, view, feed)
+    u = tuner.copilot_layer.inference(
+        encoder, memory_h, key_valid, token_embeds, generated, view, config.inference_feed, logits
+    )
     correction = tuner.copilot_layer.head(u)
     return {"logits": tuner._fuse(logits, correction), "pilot_logits": logits, "copilot_logits": correction}
