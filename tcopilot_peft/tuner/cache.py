@@ -1,8 +1,10 @@
 """Where the Copilot keeps its state between generation steps: extra layer slots of the Pilot's own KV cache.
 
-Living in the Pilot's `DynamicCache` (after the Pilot's layers) means `generate()`'s beam reordering, batch expansion
-and cropping apply to the Copilot's keys/values for free. Slot `pilot_layers + i` holds block i's keys/values; the
-slot after them holds the Copilot's pending input, what it reads at the next generated position.
+Living in the Pilot's `DynamicCache` (after the Pilot's decoder layers; for an encoder-decoder Pilot, in its
+`EncoderDecoderCache`) means `generate()`'s beam reordering, batch expansion and cropping apply to the Copilot's
+keys/values for free. The network decides what its slots hold (`CopilotNetwork.cache_slots` of them from
+`pilot_layers` on: one per block for the decoder-only Copilot, two per block for the T5 one); the slot after them holds
+the Copilot's pending input, what it reads at the next generated position.
 """
 
 from __future__ import annotations
