@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding
 from .cache import CopilotCacheView
@@ -55,10 +56,10 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
     # ------------------------------------------------------------------ the Pilot's ends, as constants
 
     def embedding_weight(self) -> torch.Tensor:
-        return self._pilot.pilot.get_input_embeddings().weight.detach()
+        return _whole(self._pilot.pilot.get_input_embeddings().weight).detach()
 
     def head_weight(self) -> torch.Tensor:
-        weight = self._pilot.pilot.get_output_embeddings().weight
+        weight = _whole(self._pilot.pilot.get_output_embeddings().weight)
         if not weight.is_floating_point():
             raise ValueError("The Copilot reuses the Pilot's LM head, which must not be quantized.")
         return weight.detach()
@@ -216,3 +217,10 @@ def generated_positions(prompt_length, past: int, batch: int, length: int, devic
         return torch.zeros(batch, length, dtype=torch.bool, device=device)
     positions = past + torch.arange(length, device=device)
     return (positions[None, :] >= torch.as_tensor(prompt_length, device=device).reshape(-1, 1)).expand(batch, length)
+
+
+def _whole(weight: torch.Tensor) -> torch.Tensor:
+    """The whole of a Pilot weight. FSDP2 keeps a weight sharded (a `DTensor`) outside its module's forward, where the
+    Copilot's training step reads the embedding and LM head: gather it then (a collective, so every process calls
+    this in the same order)."""
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight

@@ -286,7 +286,8 @@ class CopilotModel(BaseTuner):
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:
         """The Copilot's loss on a batch rebuilt from the Mistake Log (`MistakeLogBatch`). X̃ is rebuilt: re-embedded
         from the logged ids, or for an encoder-decoder Pilot recomputed by its encoder from the logged source ids."""
-        batch = batch.to(self.copilot_layer.embedding_weight().device)
+        # The Copilot's device (beside the Pilot's): reading the embedding's would gather it under FSDP.
+        batch = batch.to(next(self.active_network.parameters()).device)
         with torch.no_grad():
             if self.encoder_decoder:
                 encoder = self.model.get_encoder()
