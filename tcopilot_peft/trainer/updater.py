@@ -32,7 +32,8 @@ class CopilotUpdater:
         max_grad_norm (`float`, *optional*):
             Gradient-norm clip; 0 or None turns it off.
         num_processes (`int`, defaults to 1):
-            Processes whose gradients are averaged (an all-reduce of the buffers) before every step.
+            Processes whose gradients are averaged (an all-reduce of the buffers) before every step. With more than
+            one, the weights are first broadcast from the first process, so the replicas start equal.
     """
 
     def __init__(
@@ -60,6 +61,12 @@ class CopilotUpdater:
         self.max_grad_norm = max_grad_norm
         self.num_processes = num_processes
         self._buffers = [torch.zeros_like(p) for p in self.parameters]
+        if num_processes > 1:
+            # DDP broadcasts the weights it wraps, FSDP does not broadcast the modules it ignores: equal replicas are
+            # made here, whichever wraps the Pilot.
+            with torch.no_grad():
+                for p in self.parameters:
+                    torch.distributed.broadcast(p, src=0)
 
     def accumulate(self, loss: torch.Tensor, scale: float = 1.0) -> None:
         """Add the gradient of `scale · loss` to the buffers (only the Copilot's weights are differentiated, so no
