@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..fusion import IGNORE_INDEX, PilotPrediction
 from ..mistake_log import MistakeLog
 from ..tuner import CopilotConfig, CopilotModel
+from .parallel import check_distributed_mode, replicate_under_fsdp
 from .updater import CopilotUpdater
 
 
@@ -46,7 +47,11 @@ class CopilotTrainerMixin:
 
     def _init_copilot(self) -> None:
         """Find the Copilot, set which Pilot weights train, and create the Mistake Log (after `Trainer.__init__`)."""
+        check_distributed_mode(self.accelerator.state)
         self.copilot_tuner = _find_copilot_tuner(self.model)
+        if self.is_fsdp_enabled:
+            networks = list(self.copilot_tuner.copilot_model.values())
+            replicate_under_fsdp(self.accelerator.state.fsdp_plugin, self.model, networks, self.args.device)
         self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
         if self.args.copilot_loss is not None:
             _override_objective(self.copilot_tuner.active_config, self.args.copilot_loss)
@@ -153,7 +158,7 @@ class CopilotTrainerMixin:
             inputs = self._holdout_batch()
             with torch.no_grad():
                 outputs = self.model(**inputs, copilot_teacher_forcing=False)
-        if not torch.isfinite(outputs.loss.detach()).all():
+        if not self._finite_everywhere(outputs.loss.detach()):
             self._copilot_metrics["copilot_skipped_steps"].append(1.0)  # nothing non-finite enters the log
             self._maybe_step_copilot()
             return
@@ -181,6 +186,14 @@ class CopilotTrainerMixin:
             self.copilot_updater.accumulate(copilot_loss, scale=1.0 / self.current_gradient_accumulation_steps)
         self._copilot_metrics["copilot_loss"].append(copilot_loss.detach().item())
         self._maybe_step_copilot()
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the Pilot's loss is finite on every process. Under FSDP the Copilot's step gathers the Pilot's
+        embedding and LM head, collectives every process must join, so all skip a step or none does."""
+        finite = torch.isfinite(loss).all().to(torch.int32)
+        if self.accelerator.num_processes > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite)
 
     def _log_mistakes(self, inputs: dict, targets: torch.Tensor, outputs) -> None:
         """Append this forward to the Mistake Log; an encoder-decoder Pilot's rows also keep the encoder's input."""
@@ -326,15 +339,27 @@ class CopilotTrainerMixin:
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
-        if self.pilot_training == "full":
+        # Under FSDP every process comes here (to join the gathering of `state_dict`); one writes.
+        if self.pilot_training == "full" and self.args.should_save:
             # A PEFT adapter holds only the Copilot; a fully fine-tuned Pilot is saved beside it.
             output_dir = output_dir or self.args.output_dir
-            self.copilot_tuner.model.save_pretrained(os.path.join(output_dir, PILOT_WEIGHTS_DIR))
+            pilot = self.copilot_tuner.model
+            pilot.save_pretrained(os.path.join(output_dir, PILOT_WEIGHTS_DIR), state_dict=self._pilot_part(state_dict))
+
+    def _pilot_part(self, state_dict: dict | None) -> dict | None:
+        """The Pilot's own entries of a state dict of the whole model, under the Pilot's names. Under FSDP the
+        trainer gathers that state dict (the Pilot's weights are sharded); otherwise there is none and the Pilot's
+        `save_pretrained` reads its weights itself."""
+        if state_dict is None:
+            return None
+        prefix = next(name for name, module in self.model.named_modules() if module is self.copilot_tuner.model) + "."
+        return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         pilot_dir = os.path.join(resume_from_checkpoint, PILOT_WEIGHTS_DIR)
-        if self.pilot_training == "full" and os.path.isdir(pilot_dir):
+        # Under FSDP the base trainer has restored the whole model, the Pilot included, from FSDP's own checkpoint.
+        if self.pilot_training == "full" and not self.is_fsdp_enabled and os.path.isdir(pilot_dir):
             weights = {}
             for name in sorted(os.listdir(pilot_dir)):
                 if name.endswith(".safetensors"):
