@@ -23,12 +23,29 @@ IGNORE_INDEX = -100
 COPILOT_LOSSES = ("fused_ce", "rmse", "mse")
 
 
+def undefined_predictions(logits: torch.Tensor) -> torch.Tensor | None:
+    """Where the Pilot's next-token prediction is undefined: its logits there hold a NaN or a `+inf`, or no finite
+    value. A `-inf` beside finite logits is a mask (probability 0), not a fault.
+
+    Args:
+        logits (`torch.Tensor` of shape `(..., vocab)`): the Pilot's logits.
+
+    Returns:
+        `None` when every logit is finite, decided by one `isfinite().all()` pass (the common case does nothing per
+        position); else a `torch.BoolTensor` of shape `logits.shape[:-1]`, possibly all False (only masks).
+    """
+    if bool(torch.isfinite(logits).all()):
+        return None
+    return (logits.isnan() | (logits == float("inf"))).any(-1) | (logits == float("-inf")).all(-1)
+
+
 def fuse_logits(
     pilot_logits: torch.Tensor,
     correction: torch.Tensor,
     fusion_lambda: float,
     mode: str,
     prob_floor: float = 1e-10,
+    undefined: torch.Tensor | None | bool = True,
 ) -> torch.Tensor:
     """Fuse the Copilot's correction into the Pilot's logits.
 
@@ -38,25 +55,29 @@ def fuse_logits(
         fusion_lambda (`float`): λ. With λ = 0 the Pilot's logits are returned unchanged (the same tensor).
         mode (`str`): `"logit"` gives z + λf; `"prob"` gives log(renormalise(clamp(softmax(z) + λf, floor))).
         prob_floor (`float`): lower clamp of fused probabilities in `"prob"` mode.
+        undefined (`torch.Tensor`, `None` or `True`): `undefined_predictions(pilot_logits)` when the caller has it
+            already (so the logits are checked once), `True` to check here.
 
     Returns:
-        `torch.Tensor` with the dtype of `pilot_logits`. Entries where the Pilot's logit is not finite (for example
-        `-inf` from a logits mask, or NaN) are passed through unchanged.
+        `torch.Tensor` with the dtype of `pilot_logits`. Where the Pilot's prediction is undefined (see
+        `undefined_predictions`) the Pilot's logits are returned unchanged, and `-inf` logits (masks) stay `-inf`.
     """
     if fusion_lambda == 0:
         return pilot_logits
+    if undefined is True:
+        undefined = undefined_predictions(pilot_logits)
     z = pilot_logits.float()
-    finite = torch.isfinite(z)
-    all_finite = bool(finite.all())  # the common case skips every masking pass over the |V|-sized rows
+    # The common case (all finite) skips every masking pass over the |V|-sized rows.
+    finite = None if undefined is None else torch.isfinite(z)
     f = correction.float()
     if mode == "logit":
         fused = torch.add(z, f, alpha=fusion_lambda)
     elif mode == "prob":
-        fused = _fuse_probabilities(z, f, fusion_lambda, prob_floor, None if all_finite else finite)
+        fused = _fuse_probabilities(z, f, fusion_lambda, prob_floor, finite)
     else:
         raise ValueError(f"fusion_mode must be 'logit' or 'prob', got {mode!r}.")
-    if not all_finite:
-        fused = torch.where(finite, fused, z)
+    if finite is not None:
+        fused = torch.where(finite & ~undefined.unsqueeze(-1), fused, z)
     return fused.to(pilot_logits.dtype)
 
 

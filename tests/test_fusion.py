@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ from tcopilot_peft.fusion import (
     fuse_logits,
     fused_cross_entropy,
     shift_targets,
+    undefined_predictions,
 )
 
 
@@ -50,14 +49,27 @@ def test_lambda_zero_returns_pilot_logits_unchanged(mode):
 
 
 @pytest.mark.parametrize("mode", ["logit", "prob"])
-def test_non_finite_pilot_logits_pass_through(mode):
-    z = torch.randn(2, 7)
-    z[0, 3] = float("-inf")
+def test_a_masked_logit_stays_masked_and_an_undefined_prediction_is_the_pilots_own(mode):
+    z = torch.randn(4, 7)
+    z[0, 3] = float("-inf")  # a mask: the rest of the row is fused
     z[1, 0] = float("nan")
-    fused = fuse_logits(z, torch.randn(2, 7) * 0.1, 1.0, mode)
-    assert fused[0, 3] == float("-inf") and math.isnan(fused[1, 0])
-    finite = torch.isfinite(z)
-    assert torch.isfinite(fused[finite]).all()
+    z[2, 5] = float("inf")
+    z[3] = float("-inf")  # nothing finite
+    correction = torch.randn(4, 7) * 0.1
+    fused = fuse_logits(z, correction, 1.0, mode)
+    assert fused[0, 3] == float("-inf") and torch.isfinite(fused[0, torch.arange(7) != 3]).all()
+    assert not torch.equal(fused[0, :3], z[0, :3])
+    torch.testing.assert_close(fused[1:], z[1:], equal_nan=True)
+    torch.testing.assert_close(
+        fuse_logits(z, correction, 1.0, mode, undefined=undefined_predictions(z)), fused, equal_nan=True
+    )
+
+
+def test_undefined_predictions_is_none_when_every_logit_is_finite():
+    assert undefined_predictions(torch.randn(2, 3, 5)) is None
+    z = torch.randn(2, 3, 5)
+    z[0, 1, 2], z[1, 2, 0], z[1, 0] = float("nan"), float("-inf"), float("-inf")
+    assert undefined_predictions(z).tolist() == [[False, True, False], [True, False, False]]
 
 
 def test_unknown_mode_raises():

@@ -4,7 +4,7 @@ Living in the Pilot's `DynamicCache` (after the Pilot's decoder layers; for an e
 `EncoderDecoderCache`) means `generate()`'s beam reordering, batch expansion and cropping apply to the Copilot's
 keys/values for free. The network decides what its slots hold (`CopilotNetwork.cache_slots` of them from
 `pilot_layers` on: one per block for the decoder-only Copilot, two per block for the T5 one); the slot after them holds
-the Copilot's pending input, what it reads at the next generated position.
+the Copilot's pending input, what it reads at the next generated position, and whether it may read it.
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ class CopilotCacheView:
     def _slots(self) -> DynamicCache:
         return self.cache.self_attention_cache if isinstance(self.cache, EncoderDecoderCache) else self.cache
 
-    def pending(self) -> torch.Tensor:
-        """The pending input of the last position seen, `(batch, 1, width)` float32."""
-        return self._slots.layers[self.pending_slot].keys[:, 0, -1:, :].float()
+    def pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pending input of the last position seen, `(batch, 1, width)` float32, and whether it may be read,
+        `(batch, 1)` bool (False after a position whose Pilot prediction was undefined: the Copilot then reads 0)."""
+        layer = self._slots.layers[self.pending_slot]
+        return layer.keys[:, 0, -1:, :].float(), layer.values[:, 0, -1:, 0] > 0
 
-    def store_pending(self, pending: torch.Tensor) -> None:
-        """Append this call's pending inputs `(batch, n, width)`, stored as keys (the values are empty)."""
+    def store_pending(self, pending: torch.Tensor, readable: torch.Tensor) -> None:
+        """Append this call's pending inputs `(batch, n, width)` as keys, and whether each may be read `(batch, n)`
+        as values (in the cache, so beam reordering and cropping keep the two together)."""
         stored = pending.unsqueeze(1)
-        self._slots.update(stored, stored[..., :0], self.pending_slot)
+        self._slots.update(stored, readable.to(stored.dtype)[:, None, :, None], self.pending_slot)

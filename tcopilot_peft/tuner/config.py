@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aenum import extend_enum
 from peft import PeftConfig
-from peft.utils import PeftType
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from safetensors import SafetensorError, safe_open
 
 from ..fusion import COPILOT_LOSSES
 
@@ -170,6 +172,20 @@ class CopilotConfig(PeftConfig):
         if not (0.0 < self.prob_floor < 1.0):
             raise ValueError(f"CopilotConfig.prob_floor must be in (0, 1), got {self.prob_floor!r}.")
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """PEFT's config loader, plus a check of a local adapter folder's weights file (`check_adapter_weights`).
+
+        `PeftModel.from_pretrained` and `load_adapter` read the config first, build the adapter on the Pilot (for a
+        Copilot saved from a LoRA-tuned Pilot, LoRA layers are recreated on it) and only then read the weights, with
+        no hook of the tuner's in between: a file that cannot be read is refused here, before the Pilot is touched.
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, *([subfolder] if subfolder else []))
+        if os.path.isdir(folder):  # a Hub id's weights are downloaded later, by PEFT, and checked as they load
+            check_adapter_weights(folder)
+        return config
+
     def _check_saved_architecture(self) -> None:
         """A saved adapter's shape must be whole and agree with `num_layers` (a corrupt adapter_config.json is refused
         here, before any Copilot is built)."""
@@ -190,6 +206,33 @@ class CopilotConfig(PeftConfig):
                 f"CopilotConfig.num_layers={self.num_layers} disagrees with copilot_architecture's num_layers="
                 f"{self.copilot_architecture['num_layers']}."
             )
+
+
+def check_adapter_weights(folder: str) -> None:
+    """Refuse an adapter folder whose weights file cannot be read safely, naming the file and the problem.
+
+    `adapter_model.safetensors` must have a whole header that covers the file exactly: `safe_open` checks that from
+    the header alone (a truncated or overwritten header, or a file cut short, is caught without reading a tensor).
+    A folder with only `adapter_model.bin` (what `save_pretrained(..., safe_serialization=False)` writes) is refused
+    without opening it: PEFT would unpickle it, and an adapter from anyone must not run a pickle.
+    """
+    weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
+    if os.path.isfile(weights):
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"The Copilot adapter file {weights} is not a whole safetensors file ({error}): it is truncated or "
+                "corrupt; nothing was loaded."
+            ) from error
+    elif os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+        raise ValueError(
+            f"The Copilot adapter folder {folder} holds {WEIGHTS_NAME}, a pickle file, and no "
+            f"{SAFETENSORS_WEIGHTS_NAME}: Copilot adapters are read from safetensors only, and a pickle is never "
+            "unpickled. If you trust the file, convert it: `safetensors.torch.save_file(torch.load(path, "
+            f"weights_only=True), {os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)!r})`."
+        )
 
 
 ARCHITECTURE_SIZES = ("memory_size", "hidden_size", "num_layers", "num_attention_heads", "intermediate_size")

@@ -137,43 +137,62 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         view: CopilotCacheView | None,
         feed: str,
         pilot_logits: torch.Tensor | None = None,
+        undefined: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """u at every position of this call. `generated` (`(B, n)`, bool) marks positions whose input is the error
         at the previous, generated, position; the others read 0. With `feed="pilot_error"` the Copilot reads
         onehot(ŷ) − p̂ there (`token_embeds`, the embeddings of this call's input tokens, give onehot(ŷ)·E; p̂ from
         `pilot_logits`, this call's Pilot logits), with `"copilot"` its own previous output.
 
+        `undefined` (`(B, n)` bool, or None when there is none) marks positions of `pilot_logits` whose prediction
+        is undefined (`fusion.undefined_predictions`): with `"pilot_error"`, the position after one reads 0, as a
+        prompt position does, so nothing non-finite reaches the Copilot or its cache.
+
         A decoding step (no position after the first generated) needs no p̂ of this call: `pilot_logits` may then be
         left out, so the Pilot's logits and the correction can share one LM-head pass afterwards; the caller then
         stores the next position's input with `store_pilot_error`.
         """
-        previous = view.pending() if view is not None and view.past else torch.zeros_like(token_embeds[:, :1]).float()
-        generated = generated.unsqueeze(-1)
+        if view is not None and view.past:
+            previous, readable = view.pending()
+        else:
+            previous, readable = torch.zeros_like(token_embeds[:, :1]).float(), torch.ones_like(generated[:, :1])
         if feed == "pilot_error":
+            # The first position reads the cached pending input; each later one the error at the position before it.
+            later = torch.ones_like(generated[:, 1:]) if undefined is None else ~undefined[:, :-1]
+            gate = (generated & torch.cat([readable, later], dim=1)).unsqueeze(-1)
             u, pending = self._on_pilot_errors(
-                memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous
+                memory_x, memory_h, key_valid, token_embeds, gate, view, pilot_logits, undefined, previous
             )
         else:
-            u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated, view, previous)
+            u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated.unsqueeze(-1), view, previous)
+            undefined = None  # its own output is what this feed reads: the Pilot's prediction does not enter
         if view is not None and pending is not None:
-            view.store_pending(pending)
+            view.store_pending(pending, ~undefined if undefined is not None else torch.ones_like(generated))
         return u
 
-    def _error_pending(self, pilot_logits: torch.Tensor) -> torch.Tensor:
-        """−p̂·E: the part of onehot(ŷ) − p̂ known before ŷ is chosen."""
+    def _error_pending(self, pilot_logits: torch.Tensor, undefined: torch.Tensor | None) -> torch.Tensor:
+        """−p̂·E: the part of onehot(ŷ) − p̂ known before ŷ is chosen; 0 where the prediction is undefined."""
         # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
-        z = pilot_logits.detach().float()
-        # Non-finite logits take no probability mass (as in fusion): one bad entry must not poison every input.
-        probs = torch.softmax(z.masked_fill(~torch.isfinite(z), float("-inf")), dim=-1).nan_to_num(0.0)
+        probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
+        if undefined is not None:
+            probs = probs.masked_fill(undefined.unsqueeze(-1), 0.0)  # what is stored in the cache stays finite
         return -(probs @ self.embedding_weight().float())
 
-    def store_pilot_error(self, view: CopilotCacheView, last_logits: torch.Tensor, length: int) -> None:
+    def store_pilot_error(
+        self, view: CopilotCacheView, last_logits: torch.Tensor, length: int, undefined: torch.Tensor | None
+    ) -> None:
         """After a decoding step's LM head: −p̂·E of the call's last position, the next position's input (the
-        entries of earlier positions in the call are never read, and are stored as zeros)."""
-        pending = self._error_pending(last_logits)
-        view.store_pending(torch.cat([torch.zeros_like(pending).expand(-1, length - 1, -1), pending], dim=1))
+        entries of earlier positions in the call are never read, and are stored as zeros). `undefined` (`(B, 1)`)
+        marks rows whose last prediction is undefined: their next position reads 0."""
+        pending = self._error_pending(last_logits, undefined)
+        readable = torch.ones(pending.shape[0], length, dtype=torch.bool, device=pending.device)
+        if undefined is not None:
+            readable[:, -1:] = ~undefined
+        view.store_pending(torch.cat([torch.zeros_like(pending).expand(-1, length - 1, -1), pending], dim=1), readable)
 
-    def _on_pilot_errors(self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, previous):
+    def _on_pilot_errors(
+        self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, undefined, previous
+    ):
         """Every input is known from the Pilot's logits of this call, so the whole call runs as one chunk.
 
         `pending[:, t]` = −p̂_t·E: at position t + 1, once generated, the embedding of its input token ŷ_t is added.
@@ -182,7 +201,7 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         if pilot_logits is None:
             pending, earlier = None, torch.zeros_like(token_embeds[:, :-1]).float()
         else:
-            pending = self._error_pending(pilot_logits)
+            pending = self._error_pending(pilot_logits, undefined)
             earlier = pending[:, :-1]
         inputs = (torch.cat([previous, earlier], dim=1) + token_embeds.float()) * generated
         cache, offset = (view.cache, view.first_slot) if view is not None else (None, 0)

@@ -37,7 +37,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets
+from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .config import CopilotConfig
 from .layer import CopilotLayer, generated_positions
@@ -52,6 +52,10 @@ _PILOT_LOSS_WARNING = (
     "The `loss` of a Copilot model given `labels` is the Pilot's own cross-entropy: no gradient from it reaches the "
     "Copilot, so training on it leaves the Copilot unchanged. Train the Copilot with `CopilotSFTTrainer`, or "
     "backpropagate `outputs.copilot_loss` in a custom loop."
+)
+_SKIPPED_WARNING = (
+    "The Pilot's logits held NaN or +inf at some position: there the returned logits are the Pilot's own (no "
+    "fusion) and the Copilot reads no error from them. `model.copilot_skipped_positions` counts such positions."
 )
 
 
@@ -86,6 +90,14 @@ class CopilotModel(BaseTuner):
     `pilot` may be a transformers causal LM (full precision or bitsandbytes 4/8-bit) or a `PeftModel` carrying LoRA
     adapters (a LoRA-tuned Pilot): its LoRA layers stay in place, keep training, and are saved and loaded with the
     Copilot.
+
+    Attributes:
+        copilot_skipped_positions (`int`): how many positions (row × position, among the logits returned by a
+            forward without labels, as inside `generate`) had Pilot logits holding a NaN or `+inf`, or no finite
+            value. There the returned logits are the Pilot's own, unfused, and the Copilot reads 0 instead of that
+            position's error, so its cache stays finite and the row's later positions are fused as usual. A
+            `PeftModel` reads it through (`model.copilot_skipped_positions`); reset it on the tuner
+            (`model.base_model.copilot_skipped_positions = 0`). The first such position also warns, once.
     """
 
     prefix: str = "copilot_"
@@ -105,6 +117,10 @@ class CopilotModel(BaseTuner):
         self._generation_prompt_length: int | None = None
         self._pilot_forward = None  # while generating: the Pilot's original forward (its `forward` is then fused)
         self._warned_pilot_loss = False
+        # Generated or scored positions whose Pilot logits held a NaN or +inf (or nothing finite): returned unfused,
+        # and the Copilot read no error from them. Users read (and may reset) it; see `_count_skipped`.
+        self.copilot_skipped_positions = 0
+        self._warned_skipped = False
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
         """Where PEFT completes a config from the model: refuse a Pilot this Copilot cannot serve, then record the
@@ -442,26 +458,52 @@ class CopilotModel(BaseTuner):
         # continuation): the head then runs first, everywhere. A decoding step reads only the previous step's p̂, so
         # the Pilot's logits and the correction share one head pass after the Copilot.
         decoding = feed == "pilot_error" and isinstance(logits_to_keep, int) and not generated[:, 1:].any()
-        pilot_logits = self.model.lm_head(hidden) if feed == "pilot_error" and not decoding else None
-        u = self.copilot_layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits)
+        pilot_logits = undefined = None
+        if feed == "pilot_error" and not decoding:
+            pilot_logits = self.model.lm_head(hidden)
+            undefined = undefined_predictions(pilot_logits)
+        u = self.copilot_layer.inference(
+            memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined
+        )
         hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-        if decoding:
-            pilot_logits, correction = self._logits_and_correction(hidden, u)
-            if view is not None:
-                self.copilot_layer.store_pilot_error(view, pilot_logits[:, -1:], length)
-        elif pilot_logits is not None:
+        if pilot_logits is not None:
             pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_layer.head(u)
-        elif not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
-            fused = self.model.lm_head(hidden + config.fusion_lambda * u.to(hidden.dtype))
-            return CopilotCausalLMOutput(logits=fused, **{CACHE_FIELD: cache})
+            undefined = undefined if undefined is None else _keep_positions(undefined, logits_to_keep)
+        elif not decoding and not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
+            return CopilotCausalLMOutput(logits=self._fuse_in_hidden_space(hidden, u), **{CACHE_FIELD: cache})
         else:
             pilot_logits, correction = self._logits_and_correction(hidden, u)
+            undefined = undefined_predictions(pilot_logits)
+            if decoding and view is not None:
+                last_undefined = undefined[:, -1:] if undefined is not None else None
+                self.copilot_layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined)
+        self._count_skipped(undefined)
         return CopilotCausalLMOutput(
-            logits=self._fuse(pilot_logits, correction),
+            logits=self._fuse(pilot_logits, correction, undefined),
             pilot_logits=pilot_logits,
             copilot_logits=correction,
             **{CACHE_FIELD: cache},
         )
+
+    def _fuse_in_hidden_space(self, hidden: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Logit fusion as one head pass, W·(h + λ·u); where that prediction is undefined, the Pilot's own W·h
+        (recomputed at those positions only: it is never needed otherwise)."""
+        fused = self.model.lm_head(hidden + self.active_config.fusion_lambda * u.to(hidden.dtype))
+        undefined = undefined_predictions(fused)
+        if undefined is not None:
+            fused[undefined] = self.model.lm_head(hidden[undefined]).to(fused.dtype)
+        self._count_skipped(undefined)
+        return fused
+
+    def _count_skipped(self, undefined: torch.Tensor | None) -> None:
+        """Count the positions returned unfused because the Pilot's prediction there was undefined; warn once."""
+        if undefined is None:
+            return
+        skipped = int(undefined.sum())
+        self.copilot_skipped_positions += skipped
+        if skipped and not self._warned_skipped:
+            self._warned_skipped = True
+            warnings.warn(_SKIPPED_WARNING, stacklevel=2)
 
     def _warn_once_pilot_loss(self) -> None:
         if self.training and not self._warned_pilot_loss:
@@ -469,9 +511,12 @@ class CopilotModel(BaseTuner):
             self._warned_pilot_loss = True
             warnings.warn(_PILOT_LOSS_WARNING, stacklevel=4)
 
-    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor, undefined=True) -> torch.Tensor:
+        """`fuse_logits` with the active config; `undefined` as there (`True`: check the Pilot's logits here)."""
         config = self.active_config
-        return fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
+        return fuse_logits(
+            pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor, undefined
+        )
 
     def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,

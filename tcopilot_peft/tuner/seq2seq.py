@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from ..fusion import IGNORE_INDEX, PilotPrediction
+from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .layer import generated_positions
 from .pilot import num_decoder_layers
@@ -104,8 +104,14 @@ def _inference(tuner, pilot_out, encoder, memory_h, key_valid, token_embeds, pro
     batch, length = memory_h.shape[:2]
     generated = generated_positions(prompt_length, past, batch, length, memory_h.device)
     logits = pilot_out.logits
+    undefined = undefined_predictions(logits)
     u = tuner.copilot_layer.inference(
-        encoder, memory_h, key_valid, token_embeds, generated, view, config.inference_feed, logits
+        encoder, memory_h, key_valid, token_embeds, generated, view, config.inference_feed, logits, undefined
     )
     correction = tuner.copilot_layer.head(u)
-    return {"logits": tuner._fuse(logits, correction), "pilot_logits": logits, "copilot_logits": correction}
+    tuner._count_skipped(undefined)
+    return {
+        "logits": tuner._fuse(logits, correction, undefined),
+        "pilot_logits": logits,
+        "copilot_logits": correction,
+    }

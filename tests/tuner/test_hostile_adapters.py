@@ -2,6 +2,7 @@
 the Pilot it was being loaded onto is exactly as it was (same modules, same weights)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from tcopilot_peft import CopilotConfig
 from tests.conftest import randomise_copilot, tiny_pilot
 
 
-WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+WEIGHTS, CONFIG, PICKLE = "adapter_model.safetensors", "adapter_config.json", "adapter_model.bin"
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +110,67 @@ def test_a_broken_adapter_is_refused_by_name_and_the_pilot_is_untouched(adapters
     assert_untouched(pilot, before)
 
 
+# Where the cut falls: before the header's length is whole, inside the JSON header, inside the tensors, at the end.
+TRUNCATIONS = {"empty": 0, "in the length": 5, "in the header": 40, "in the tensors": -100, "one byte short": -1}
+
+
+@pytest.mark.parametrize("kind", ["plain", "lora"])
+@pytest.mark.parametrize("cut", sorted(TRUNCATIONS))
+def test_a_truncated_weights_file_is_refused_by_name_before_the_pilot_is_touched(adapters, tmp_path, kind, cut):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapters / kind, folder)
+    (folder / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes()[: TRUNCATIONS[cut]])
+    pilot = tiny_pilot()
+    before = snapshot(pilot)
+    message = f"The Copilot adapter file {re.escape(str(folder / WEIGHTS))} is not a whole safetensors file \\(.+\\)"
+    with pytest.raises(ValueError, match=message + ": it is truncated or corrupt; nothing was loaded"):
+        PeftModel.from_pretrained(pilot, folder)
+    assert_untouched(pilot, before)
+
+
+def test_a_truncated_second_adapter_leaves_the_loaded_one_as_it_was(adapters, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapters / "lora", folder)
+    (folder / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes()[:-1])
+    model = PeftModel.from_pretrained(tiny_pilot(), adapters / "lora")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="is not a whole safetensors file"):
+        model.load_adapter(folder, adapter_name="second")
+    assert_untouched(model, before)
+    assert list(model.peft_config) == ["default"]
+
+
+@pytest.mark.parametrize("kind", ["plain", "lora"])
+def test_a_pickle_adapter_is_refused_by_name_and_never_unpickled(adapters, tmp_path, kind, monkeypatch):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapters / kind, folder)
+    torch.save(load_file(folder / WEIGHTS), folder / PICKLE)  # what save_pretrained(safe_serialization=False) writes
+    (folder / WEIGHTS).unlink()
+    pilot = tiny_pilot()
+    before = snapshot(pilot)
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("the pickle was opened"))
+        with pytest.raises(ValueError) as refused:
+            PeftModel.from_pretrained(pilot, folder)
+    assert str(refused.value).startswith(
+        f"The Copilot adapter folder {folder} holds adapter_model.bin, a pickle file, and no "
+        "adapter_model.safetensors: Copilot adapters are read from safetensors only, and a pickle is never unpickled."
+    )
+    assert_untouched(pilot, before)
+    # The conversion the message gives, for a file the user trusts, loads the same weights.
+    save_file(torch.load(folder / PICKLE, weights_only=True), folder / WEIGHTS)
+    assert f"{str(folder / WEIGHTS)!r}" in str(refused.value)
+    loaded = PeftModel.from_pretrained(pilot, folder).state_dict()
+    original = PeftModel.from_pretrained(tiny_pilot(), adapters / kind).state_dict()
+    assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in loaded)
+
+
+@pytest.mark.parametrize("kind", ["plain", "lora"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_weight_files_load_cleanly_or_are_refused_without_touching_the_pilot(adapters, tmp_path, data):
-    """A byte-level fuzz of the plain adapter's safetensors file: truncation or overwritten bytes anywhere."""
-    original = (adapters / "plain" / WEIGHTS).read_bytes()
+def test_mutated_weight_files_load_cleanly_or_are_refused_without_touching_the_pilot(adapters, tmp_path, kind, data):
+    """A byte-level fuzz of an adapter's safetensors file: truncation or overwritten bytes anywhere."""
+    original = (adapters / kind / WEIGHTS).read_bytes()
     if data.draw(st.booleans(), label="truncate"):
         mutated = original[: data.draw(st.integers(0, len(original) - 1), label="length")]
     else:
@@ -121,7 +178,7 @@ def test_mutated_weight_files_load_cleanly_or_are_refused_without_touching_the_p
         chunk = data.draw(st.binary(min_size=1, max_size=16), label="bytes")
         mutated = original[:position] + chunk + original[position + len(chunk) :]
     folder = tmp_path / f"fuzz-{abs(hash(mutated))}"
-    shutil.copytree(adapters / "plain", folder)
+    shutil.copytree(adapters / kind, folder)
     (folder / WEIGHTS).write_bytes(mutated)
     pilot = tiny_pilot()
     before = snapshot(pilot)

@@ -140,14 +140,16 @@ def test_scoring_a_continuation_matches_generation_logits(mode):
         torch.testing.assert_close(scored[:, 4 + step], step_scores, atol=1e-4, rtol=1e-4)
 
 
-def test_non_finite_pilot_logits_do_not_crash_fusion():
+def test_a_nan_row_of_the_lm_head_returns_the_pilots_own_logits_everywhere_and_counts_them():
     model = copilot_on()
     ids = prompts()
     with torch.no_grad():
         model.base_model.model.lm_head.weight[5] = float("nan")
-    out = model(input_ids=ids)
-    assert torch.isnan(out.logits[..., 5]).all()
-    assert torch.isfinite(out.logits[..., :5]).all()
+    with pytest.warns(UserWarning, match="the returned logits are the Pilot's own"):
+        out = model(input_ids=ids)
+    torch.testing.assert_close(out.logits, out.pilot_logits, equal_nan=True)
+    assert torch.isnan(out.logits[..., 5]).all() and torch.isfinite(out.logits[..., :5]).all()
+    assert model.copilot_skipped_positions == ids.numel()
 
 
 def test_generation_in_inference_mode_then_forward_with_autograd():
