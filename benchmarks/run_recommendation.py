@@ -18,6 +18,7 @@ per-user differences of NDCG@20 with a bootstrap interval. Each seed's rankings 
 
     python benchmarks/run_recommendation.py --architecture t5       # then --architecture llama
     python benchmarks/run_recommendation.py --render-only           # RESULTS_BEAUTY.md from the kept rankings
+    python benchmarks/run_recommendation.py --cross-entropy 300     # why: fused vs Pilot cross-entropy, seen/held out
     python benchmarks/run_recommendation.py --quick --architecture llama --output /tmp/beauty.md   # a smoke run
 """
 
@@ -58,6 +59,7 @@ from tcopilot_peft import (
     CopilotSFTConfig,
     CopilotSFTTrainer,
 )
+from tcopilot_peft.evaluation.diagnostics import copilot_ce_skill
 from tcopilot_peft.evaluation.recommendation import (
     KS,
     PROMPT,
@@ -283,6 +285,20 @@ def run_seed(architecture, splits, trie, tokenizer, seed: int, epochs: float, wo
     return run
 
 
+def cross_entropy_check(splits, tokenizer, seed: int, epochs: float, workdir: Path, rows: int) -> dict:
+    """Why the Copilot does (not) help: one joint decoder-only run, then the teacher-forced cross-entropy of the fused
+    prediction (λ = 1) against the Pilot's on training rows it learned from and on held-out validation rows."""
+    torch.manual_seed(seed)
+    model = get_peft_model(build_model("llama", tokenizer, PILOT_LAYERS), CopilotConfig())
+    log(f"cross-entropy check, seed {seed}: joint training")
+    train("llama", model, tokenizer, splits["train"], seed, epochs, workdir / "ce")
+    return {
+        "seed": seed,
+        "train": copilot_ce_skill(model, tokenizer, splits["train"][:rows]),
+        "validation": copilot_ce_skill(model, tokenizer, splits["validation"][:rows]),
+    }
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -343,7 +359,20 @@ def architecture_block(architecture: str, results: dict, parameters: int) -> lis
         f"the small model alone {small / 60:.1f} min.",
         "",
     ]
-    return lines
+    return lines + cross_entropy_lines(results.get("cross_entropy"))
+
+
+def cross_entropy_lines(check: dict | None) -> list[str]:
+    if check is None:
+        return []
+    train, held_out = check["train"], check["validation"]
+    return [
+        f"Teacher-forced cross-entropy of the completion tokens (item and end), fused at λ = 1 vs the Pilot's "
+        f"(`--cross-entropy`, one more joint run, seed {check['seed']}): on training rows {train['pilot_ce']:.3f} → "
+        f"{train['fused_ce']:.3f} nats ({100 * train['skill']:+.1f} % skill), on held-out validation rows "
+        f"{held_out['pilot_ce']:.3f} → {held_out['fused_ce']:.3f} ({100 * held_out['skill']:+.1f} %).",
+        "",
+    ]
 
 
 def render(outputs: dict[str, dict], command_of: dict[str, str], tokenizer) -> list[str]:
@@ -419,13 +448,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results-beauty"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_BEAUTY.md")
     parser.add_argument("--render-only", action="store_true", help="rewrite the table from the kept rankings")
+    parser.add_argument(
+        "--cross-entropy", type=int, metavar="ROWS", help="decoder-only: the fused vs Pilot cross-entropy check on "
+        "ROWS training and ROWS validation rows (one joint run, the first seed), kept beside the rankings",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.users, args.test_users, args.validation_users, args.epochs = 60, 20, 10, 0.5
     kept = {a: args.output.with_suffix(f".{a}.json") for a in ARCHITECTURES}
-    if not args.render_only:
+    checked = args.output.with_suffix(".llama-ce.json")
+    if args.cross_entropy:
+        splits, _, tokenizer, _ = prepare(args)
+        check = cross_entropy_check(splits, tokenizer, args.seeds[0], args.epochs, args.workdir, args.cross_entropy)
+        checked.write_text(json.dumps(check))
+    elif not args.render_only:
         run_architecture(args, kept[args.architecture])
     outputs = {a: json.loads(path.read_text()) for a, path in kept.items() if path.exists()}
+    if "llama" in outputs and checked.exists():
+        outputs["llama"]["cross_entropy"] = json.loads(checked.read_text())
+    if not outputs:
+        raise SystemExit(f"No kept rankings ({', '.join(map(str, kept.values()))}): run an --architecture first.")
     tokenizer = item_tokenizer(load_item_ids(str(args.data)))
     lines = render(outputs, {a: outputs[a]["command"] for a in outputs}, tokenizer)
     args.output.write_text("\n".join(lines))
