@@ -561,11 +561,20 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         )
         + ".",
         "",
+        OTHER_BLOCKS,
+        "",
     ]
     for key, runs in results.items():
         name, task = key.split("/")
         lines += task_table(f"{name} Pilot, task `{task}`", runs, seeds)
     return lines + targets_lines(results, seeds) + cost_lines(results, list(results))
+
+
+OTHER_BLOCKS = (
+    "Two more blocks have scripts of their own, so this file regenerates alone: an encoder-decoder (T5) Pilot in "
+    "`RESULTS_T5.md` (`run_seq2seq.py`), and sequential recommendation on Amazon Beauty with T5 and decoder-only "
+    "Pilots in `RESULTS_BEAUTY.md` (`run_recommendation.py`)."
+)
 
 
 def targets_lines(results: dict, seeds: list[str]) -> list[str]:
