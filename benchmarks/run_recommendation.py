@@ -156,9 +156,10 @@ class CompletionLossSFTTrainer(SFTTrainer):
         return (loss, None) if return_outputs else loss
 
 
-def train(architecture: str, model, tokenizer, rows: list[dict], seed: int, epochs: float, output_dir: Path):
-    """Algorithm 1 for a `PeftModel` with a Copilot, plain fine-tuning for a bare model; same options either way."""
-    options = training_options(seed, epochs, output_dir)
+def train(architecture: str, model, tokenizer, rows: list[dict], seed: int, epochs: float, output_dir: Path, **extra):
+    """Algorithm 1 for a `PeftModel` with a Copilot, plain fine-tuning for a bare model; same options either way
+    (`extra`: Copilot settings of the trainer's config)."""
+    options = training_options(seed, epochs, output_dir) | extra
     copilot = hasattr(model, "peft_config")
     if architecture == "t5":
         pilot = model.base_model.model if copilot else model
@@ -285,15 +286,17 @@ def run_seed(architecture, splits, trie, tokenizer, seed: int, epochs: float, wo
     return run
 
 
-def cross_entropy_check(splits, tokenizer, seed: int, epochs: float, workdir: Path, rows: int) -> dict:
-    """Why the Copilot does (not) help: one joint decoder-only run, then the teacher-forced cross-entropy of the fused
-    prediction (λ = 1) against the Pilot's on training rows it learned from and on held-out validation rows."""
+def cross_entropy_check(splits, tokenizer, seed: int, epochs: float, workdir: Path, rows: int, holdout: float):
+    """Why the Copilot does (not) help: one joint decoder-only run (`copilot_holdout_fraction=holdout`), then the
+    teacher-forced cross-entropy of the fused prediction (λ = 1) against the Pilot's on training rows and on
+    held-out validation rows."""
     torch.manual_seed(seed)
     model = get_peft_model(build_model("llama", tokenizer, PILOT_LAYERS), CopilotConfig())
-    log(f"cross-entropy check, seed {seed}: joint training")
-    train("llama", model, tokenizer, splits["train"], seed, epochs, workdir / "ce")
+    log(f"cross-entropy check, seed {seed}, holdout {holdout}: joint training")
+    train("llama", model, tokenizer, splits["train"], seed, epochs, workdir / "ce", copilot_holdout_fraction=holdout)
     return {
         "seed": seed,
+        "holdout_fraction": holdout,
         "train": copilot_ce_skill(model, tokenizer, splits["train"][:rows]),
         "validation": copilot_ce_skill(model, tokenizer, splits["validation"][:rows]),
     }
@@ -359,18 +362,18 @@ def architecture_block(architecture: str, results: dict, parameters: int) -> lis
         f"the small model alone {small / 60:.1f} min.",
         "",
     ]
-    return lines + cross_entropy_lines(results.get("cross_entropy"))
+    return lines + [line for check in results.get("cross_entropy", []) for line in cross_entropy_lines(check)]
 
 
-def cross_entropy_lines(check: dict | None) -> list[str]:
-    if check is None:
-        return []
+def cross_entropy_lines(check: dict) -> list[str]:
     train, held_out = check["train"], check["validation"]
+    holdout = check["holdout_fraction"]
+    run = f"`copilot_holdout_fraction={holdout}`" if holdout else "defaults"
     return [
         f"Teacher-forced cross-entropy of the completion tokens (item and end), fused at λ = 1 vs the Pilot's "
-        f"(`--cross-entropy`, one more joint run, seed {check['seed']}): on training rows {train['pilot_ce']:.3f} → "
-        f"{train['fused_ce']:.3f} nats ({100 * train['skill']:+.1f} % skill), on held-out validation rows "
-        f"{held_out['pilot_ce']:.3f} → {held_out['fused_ce']:.3f} ({100 * held_out['skill']:+.1f} %).",
+        f"(`--cross-entropy`: one more joint run, seed {check['seed']}, {run}): on training rows "
+        f"{train['pilot_ce']:.3f} → {train['fused_ce']:.3f} nats ({100 * train['skill']:+.1f} % skill), on held-out "
+        f"validation rows {held_out['pilot_ce']:.3f} → {held_out['fused_ce']:.3f} ({100 * held_out['skill']:+.1f} %).",
         "",
     ]
 
@@ -452,6 +455,7 @@ def main() -> None:
         "--cross-entropy", type=int, metavar="ROWS", help="decoder-only: the fused vs Pilot cross-entropy check on "
         "ROWS training and ROWS validation rows (one joint run, the first seed), kept beside the rankings",
     )  # fmt: skip
+    parser.add_argument("--holdout-fraction", type=float, default=0.0, help="the --cross-entropy run's holdout")
     args = parser.parse_args()
     if args.quick:
         args.users, args.test_users, args.validation_users, args.epochs = 60, 20, 10, 0.5
@@ -459,19 +463,28 @@ def main() -> None:
     checked = args.output.with_suffix(".llama-ce.json")
     if args.cross_entropy:
         splits, _, tokenizer, _ = prepare(args)
-        check = cross_entropy_check(splits, tokenizer, args.seeds[0], args.epochs, args.workdir, args.cross_entropy)
-        checked.write_text(json.dumps(check))
+        check = cross_entropy_check(
+            splits, tokenizer, args.seeds[0], args.epochs, args.workdir, args.cross_entropy, args.holdout_fraction
+        )
+        checks = _checks(checked)
+        kept_checks = [c for c in checks if c["holdout_fraction"] != args.holdout_fraction]
+        checked.write_text(json.dumps(kept_checks + [check]))
     elif not args.render_only:
         run_architecture(args, kept[args.architecture])
     outputs = {a: json.loads(path.read_text()) for a, path in kept.items() if path.exists()}
-    if "llama" in outputs and checked.exists():
-        outputs["llama"]["cross_entropy"] = json.loads(checked.read_text())
+    if "llama" in outputs:
+        outputs["llama"]["cross_entropy"] = _checks(checked)
     if not outputs:
         raise SystemExit(f"No kept rankings ({', '.join(map(str, kept.values()))}): run an --architecture first.")
     tokenizer = item_tokenizer(load_item_ids(str(args.data)))
     lines = render(outputs, {a: outputs[a]["command"] for a in outputs}, tokenizer)
     args.output.write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
+
+
+def _checks(path: Path) -> list[dict]:
+    """The kept cross-entropy checks, one per holdout fraction."""
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def run_architecture(args, path: Path) -> None:
