@@ -49,7 +49,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 import tcopilot_peft
 from tcopilot_peft import (
@@ -71,10 +71,10 @@ from tcopilot_peft.evaluation.recommendation import (
     ranking_metrics,
 )
 from tcopilot_peft.evaluation.statistics import choose_on_validation
-from tcopilot_peft.fusion import IGNORE_INDEX
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TargetOnlySFTTrainer  # noqa: E402
 from controls import LogitEnsemble  # noqa: E402
 from run_results import LAMBDAS, grid_weight  # noqa: E402
 from run_seq2seq import Seq2SeqLogitEnsemble, seq2seq_rows  # noqa: E402
@@ -143,19 +143,6 @@ def training_options(seed: int, epochs: float, output_dir: Path) -> dict:
     )
 
 
-class CompletionLossSFTTrainer(SFTTrainer):
-    """Plain SFT for the ensemble's decoder-only small model: the loss TRL's SFTTrainer optimises (mean cross-entropy
-    over the completion's tokens), with the LM head run only where there is a label. TRL projects every prompt
-    position onto the 12k-id vocabulary, which made this control's training 3x slower than the joint run."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        hidden = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-        labels = inputs["labels"][:, 1:]
-        scored = labels != IGNORE_INDEX
-        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1][scored]).float(), labels[scored])
-        return (loss, None) if return_outputs else loss
-
-
 def train(architecture: str, model, tokenizer, rows: list[dict], seed: int, epochs: float, output_dir: Path, **extra):
     """Algorithm 1 for a `PeftModel` with a Copilot, plain fine-tuning for a bare model; same options either way
     (`extra`: Copilot settings of the trainer's config)."""
@@ -170,7 +157,7 @@ def train(architecture: str, model, tokenizer, rows: list[dict], seed: int, epoc
     else:
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in rows])
         trainer_class, config_class = (
-            (CopilotSFTTrainer, CopilotSFTConfig) if copilot else (CompletionLossSFTTrainer, SFTConfig)
+            (CopilotSFTTrainer, CopilotSFTConfig) if copilot else (TargetOnlySFTTrainer, SFTConfig)
         )
         args = config_class(**options, bf16=False)
         trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer)
