@@ -225,15 +225,15 @@ def fused_cross_entropy(correction: torch.Tensor, target_ids: torch.Tensor, pred
     gold_term = torch.where(gold_outside, gold_log_p + f_y, float("-inf")).unsqueeze(-1)
     known = torch.cat([log_p_top + f.gather(-1, ids), gold_term], dim=-1)
     known_mass = log_p_top.exp().sum(-1) + torch.where(gold_outside, gold_log_p.exp(), 0.0)
-    # The tail: every token outside the top-k and the gold one, each given an equal share of the remaining mass.
-    outside = torch.ones_like(f, dtype=torch.bool).scatter(-1, ids, False).scatter(-1, y, False)
-    has_tail = outside.any(-1, keepdim=True)
-    # A row with no tail (the top-k covers the vocabulary) skips the logsumexp, whose backward over nothing is NaN.
-    tail_f = torch.where(has_tail, f.masked_fill(~outside, float("-inf")), 0.0)
-    log_tail_mean = torch.logsumexp(tail_f, dim=-1) - outside.sum(-1).clamp_min(1).float().log()
-    log_tail = torch.where(
-        has_tail.squeeze(-1), (1.0 - known_mass).clamp_min(0.0).log() + log_tail_mean, float("-inf")
-    )
+    # The tail: every token outside the top-k and the gold one, each given an equal share of the remaining mass. This
+    # is the one |V|-sized part of the loss (a hot path): one masked copy of f and one log-sum-exp over it. Known
+    # tokens are masked with the lowest finite float, not -inf, so that a row without a tail (a top-k covering the
+    # vocabulary) keeps a finite log-sum-exp and gradient, which `has_tail` then discards.
+    tail_f = f.scatter(-1, ids, torch.finfo(f.dtype).min)
+    tail_f.scatter_(-1, y, torch.finfo(f.dtype).min)
+    tail_size = f.shape[-1] - ids.shape[-1] - gold_outside.long()  # the top-k ids are distinct; y may be among them
+    log_tail_mean = torch.logsumexp(tail_f, dim=-1) - tail_size.clamp_min(1).float().log()
+    log_tail = torch.where(tail_size > 0, (1.0 - known_mass).clamp_min(0.0).log() + log_tail_mean, float("-inf"))
     log_normaliser = torch.logsumexp(torch.cat([known, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
     return log_normaliser - gold_log_p - f_y
 
