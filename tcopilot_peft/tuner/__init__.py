@@ -4,8 +4,9 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import PeftType, register_peft_method
 
 from .config import CopilotConfig
-from .model import CopilotCausalLMOutput, CopilotModel
+from .model import CopilotModel
 from .network import CopilotNetwork, CopilotNetworkConfig
+from .outputs import CopilotCausalLMOutput
 
 
 if PeftType.COPILOT not in PEFT_TYPE_TO_CONFIG_MAPPING:

@@ -6,17 +6,19 @@ Pilot's embeddings, layer-pooled hidden states and errors (`layer.py`), and its 
 logits. Fusion therefore lives in the forward pass, so every `generate()` strategy and every logits reader (lm-eval's
 log-likelihood scoring) sees fused logits.
 
-`forward` has three modes, one method each:
+`forward` has three modes, run by the Pilot family's runner (`causal.py` for decoder-only Pilots, `seq2seq.py` for
+encoder-decoder ones), which reaches the tuner through a small public interface (`fuse`, `count_skipped`,
+`warn_once_pilot_loss`, `copilot_teacher_forced`, `pilot_forward`, `generation_prompt_length`):
 
 * `labels` given, `copilot_teacher_forcing=True` (evaluation, custom loops): the Copilot runs teacher-forced on the
   Pilot's true errors; the output has fused logits and the Copilot's loss;
 * `labels` given, `copilot_teacher_forcing=False` (`CopilotSFTTrainer`'s step): the Pilot's loss and, packed at the
   target positions, its logits (`pilot_target_logits`); the Copilot is left to the trainer;
 * no labels (inference, Algorithm 2): the Copilot reads 0 on prompt positions and the error of the token actually
-  generated (or its own previous output) on generated ones. Inside `generate()` the prompt is the input given to
-  `generate`. A plain forward treats its whole input as prompt (its last position gives exactly what generation uses
-  for the first new token); to score a given continuation with fused logits, pass `copilot_prompt_length` (an int,
-  or one length per row) and the positions from there on are treated as generated.
+  generated (or its own previous output) on generated ones. Inside `generate()` (`generation.py`) the prompt is the
+  input given to `generate`. A plain forward treats its whole input as prompt (its last position gives exactly what
+  generation uses for the first new token); to score a given continuation with fused logits, pass
+  `copilot_prompt_length` (an int, or one length per row) and the positions from there on are treated as generated.
 
 The Copilot's KV cache lives in extra layer slots of the Pilot's own `Cache` (`cache.py`), so generate's beam
 reordering, batch expansion and cropping apply to both for free.
@@ -24,10 +26,7 @@ reordering, batch expansion and cropping apply to both for free.
 
 from __future__ import annotations
 
-import functools
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,15 +34,16 @@ from peft import LoraConfig, PeftModel, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets, undefined_predictions
-from .cache import CACHE_FIELD, CopilotCacheView
+from ..fusion import PilotPrediction, fuse_logits
+from .causal import CausalRunner
+from .checkpoint import weights_problem
 from .config import CopilotConfig
-from .layer import CopilotLayer, generated_positions
+from .generation import Generating, generate
+from .layer import CopilotLayer
 from .network import CopilotNetwork
 from .pilot import build_copilot, check_pilot, is_encoder_decoder, pilot_signature, unwrap_lora_pilot
-from .seq2seq import DECODER_PROMPT_LENGTH, seq2seq_forward
+from .seq2seq import Seq2SeqRunner
 
 
 # The Copilot is a separate network reading the Pilot's states and errors; there is no weight delta to fold in.
@@ -57,31 +57,6 @@ _SKIPPED_WARNING = (
     "The Pilot's logits held NaN or +inf at some position: there the returned logits are the Pilot's own (no "
     "fusion) and the Copilot reads no error from them. `model.copilot_skipped_positions` counts such positions."
 )
-
-
-@dataclass
-class CopilotCausalLMOutput(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` whose `logits` are fused, plus what training needs.
-
-    Args:
-        loss: the Pilot's own cross-entropy (when `labels` were given); no gradient from it reaches the Copilot.
-        logits: fused logits (None in the trainer's step, which has no correction).
-        pilot_logits: the Pilot's logits (None in the trainer's step, and when `generate()` fuses in hidden space).
-        pilot_target_logits: with `labels`, the Pilot's logits at the target positions only (`labels[:, t + 1] !=
-            -100`), packed row-major as `(N, |V|)`: what the trainer's accuracy and the Mistake Log read.
-        copilot_logits: the Copilot's correction f.
-        copilot_loss: the Copilot's training loss, its config's `copilot_loss` (teacher-forced with `labels`; no
-            gradient reaches the Pilot).
-        copilot_memory_x, copilot_memory_h: with `labels`, detached X̃ and layer-pooled Pilot states, the Mistake
-            Log's inputs.
-    """
-
-    pilot_logits: torch.Tensor | None = None
-    pilot_target_logits: torch.Tensor | None = None
-    copilot_logits: torch.Tensor | None = None
-    copilot_loss: torch.Tensor | None = None
-    copilot_memory_x: torch.Tensor | None = None
-    copilot_memory_h: torch.Tensor | None = None
 
 
 class CopilotModel(BaseTuner):
@@ -114,11 +89,10 @@ class CopilotModel(BaseTuner):
 
     def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
         self.copilot_layer = CopilotLayer(model)
-        self._generation_prompt_length: int | None = None
-        self._pilot_forward = None  # while generating: the Pilot's original forward (its `forward` is then fused)
+        self.generating: Generating | None = None  # set while `generate()` runs (`generation.py`)
         self._warned_pilot_loss = False
         # Generated or scored positions whose Pilot logits held a NaN or +inf (or nothing finite): returned unfused,
-        # and the Copilot read no error from them. Users read (and may reset) it; see `_count_skipped`.
+        # and the Copilot read no error from them. Users read (and may reset) it; see `count_skipped`.
         self.copilot_skipped_positions = 0
         self._warned_skipped = False
 
@@ -185,11 +159,11 @@ class CopilotModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         problem = weights_problem(model.state_dict(), remapped, f"copilot_model.{adapter_name}.")
         if problem is not None:
-            next(m for m in model.modules() if isinstance(m, CopilotModel))._undo_injection()
+            next(m for m in model.modules() if isinstance(m, CopilotModel)).undo_injection()
             raise ValueError(f"The Copilot adapter file (adapter_model.safetensors) {problem}; nothing was loaded.")
         return remapped
 
-    def _undo_injection(self) -> None:
+    def undo_injection(self) -> None:
         """Take the LoRA layers this adapter recreated off the Pilot, and PEFT's config attribute."""
         if self._injected_lora:
             for name, module in list(self.model.named_modules()):
@@ -266,10 +240,25 @@ class CopilotModel(BaseTuner):
         """Whether the Pilot is an encoder-decoder (T5-family) model."""
         return is_encoder_decoder(self.model)
 
+    @property
+    def runner(self) -> CausalRunner | Seq2SeqRunner:
+        """What runs the Pilot with the active Copilot: the decoder-only or the encoder-decoder runner."""
+        return Seq2SeqRunner(self) if self.encoder_decoder else CausalRunner(self)
+
+    @property
+    def pilot_forward(self):
+        """The Pilot's own forward (while `generate()` runs, its `forward` attribute is the fused one)."""
+        return self.generating.pilot_forward if self.generating is not None else self.model
+
+    @property
+    def generation_prompt_length(self) -> int | None:
+        """Inside `generate()`: where generated positions start; None outside."""
+        return self.generating.prompt_length if self.generating is not None else None
+
     def targets_of(self, labels: torch.Tensor) -> torch.Tensor:
         """`targets[:, t]`, the token position t predicts: the next label for a causal LM, the label itself for an
         encoder-decoder Pilot (its decoder reads the labels shifted right)."""
-        return labels if self.encoder_decoder else shift_targets(labels)
+        return self.runner.targets_of(labels)
 
     def _copilot_active(self) -> bool:
         return (
@@ -305,12 +294,7 @@ class CopilotModel(BaseTuner):
         # The Copilot's device (beside the Pilot's): reading the embedding's would gather it under FSDP.
         batch = batch.to(next(self.active_network.parameters()).device)
         with torch.no_grad():
-            if self.encoder_decoder:
-                encoder = self.model.get_encoder()
-                memory_x = encoder(input_ids=batch.source_ids, attention_mask=batch.source_mask).last_hidden_state
-                key_valid = batch.source_mask
-            else:
-                memory_x, key_valid = self.model.get_input_embeddings()(batch.input_ids), batch.attention_mask
+            memory_x, key_valid = self.runner.replay_memory(batch)
         _, loss = self.copilot_teacher_forced(
             memory_x, batch.hidden, key_valid, batch.targets, batch.prediction(), loss_kind=loss_kind
         )
@@ -362,140 +346,19 @@ class CopilotModel(BaseTuner):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-        if self.encoder_decoder:
-            kwargs.update(input_ids=input_ids, inputs_embeds=inputs_embeds)
-            return seq2seq_forward(
-                self, attention_mask, labels, copilot_prompt_length, copilot_teacher_forcing, kwargs
-            )
-        keep_hidden = kwargs.pop("output_hidden_states", False)
-        # The Pilot's causal-LM forward is decoder → LM head on the kept positions → loss, the same for every
-        # supported family; it is run in those steps here so the Copilot can read the decoder's states.
-        decoder_out = self.model.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=True,
-            **kwargs,
-        )
-        if labels is None:
-            output = self._inference_forward(
-                decoder_out, attention_mask, logits_to_keep, copilot_prompt_length, copilot_components
-            )
-        elif copilot_teacher_forcing:
-            output = self._teacher_forced_forward(decoder_out, attention_mask, labels, logits_to_keep, kwargs)
-        else:
-            output = self._training_step_forward(decoder_out, labels, kwargs)
-        output.hidden_states = decoder_out.hidden_states if keep_hidden else None
-        output.attentions = decoder_out.get("attentions")
-        return output
-
-    def _memory(self, decoder_out) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.copilot_layer.pilot_memory(decoder_out.hidden_states, self.active_config.pooled_layers)
-
-    def _training_step_forward(self, decoder_out, labels, kw) -> CopilotCausalLMOutput:
-        """`CopilotSFTTrainer`'s step: the LM head only where there is a target, like TRL's own loss; no Copilot."""
-        hidden = decoder_out.last_hidden_state
-        targets = shift_targets(labels)
-        valid = targets != IGNORE_INDEX
-        target_logits = self.model.lm_head(hidden[valid])
-        memory_x, memory_h = self._memory(decoder_out)
-        return CopilotCausalLMOutput(
-            loss=_cross_entropy(target_logits, targets[valid], kw.get("num_items_in_batch")),
-            pilot_target_logits=target_logits,
-            copilot_memory_x=memory_x,
-            copilot_memory_h=memory_h,
-            **{CACHE_FIELD: decoder_out.get(CACHE_FIELD)},
+        return self.runner.forward(
+            input_ids,
+            attention_mask,
+            inputs_embeds,
+            labels,
+            logits_to_keep,
+            copilot_prompt_length,
+            copilot_teacher_forcing,
+            copilot_components,
+            kwargs,
         )
 
-    def _teacher_forced_forward(
-        self, decoder_out, attention_mask, labels, logits_to_keep, kw
-    ) -> CopilotCausalLMOutput:
-        """The Copilot on the Pilot's true errors: fused logits, the Pilot's loss and the Copilot's."""
-        hidden = decoder_out.last_hidden_state
-        cache = decoder_out.get(CACHE_FIELD)
-        if cache is not None and cache.get_seq_length() > hidden.shape[1]:
-            raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
-        self._warn_once_pilot_loss()
-        memory_x, memory_h = self._memory(decoder_out)
-        key_valid = _key_valid(attention_mask, *hidden.shape[:2], hidden.device)
-        pilot_logits = self.model.lm_head(_keep_positions(hidden, logits_to_keep))
-        loss = self.model.loss_function(logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw)
-        targets = shift_targets(labels)
-        correction, copilot_loss_value = self.copilot_teacher_forced(
-            memory_x, memory_h, key_valid, targets, PilotPrediction.from_logits(pilot_logits), full_correction=True
-        )
-        return CopilotCausalLMOutput(
-            loss=loss,
-            logits=self._fuse(pilot_logits, correction),
-            pilot_logits=pilot_logits,
-            pilot_target_logits=pilot_logits[targets != IGNORE_INDEX],
-            copilot_logits=correction,
-            copilot_loss=copilot_loss_value,
-            copilot_memory_x=memory_x,
-            copilot_memory_h=memory_h,
-            **{CACHE_FIELD: cache},
-        )
-
-    def _inference_forward(self, decoder_out, attention_mask, logits_to_keep, prompt_length, components):
-        """Algorithm 2 over this call's positions: fused logits at the kept positions, and (unless fused in hidden
-        space, `components=False` with logit fusion) the Pilot's logits and the correction."""
-        config = self.active_config
-        hidden = decoder_out.last_hidden_state
-        memory_x, memory_h = self._memory(decoder_out)
-        batch, length = memory_x.shape[:2]
-        cache = decoder_out.get(CACHE_FIELD)
-        view = None
-        if cache is not None:
-            pilot_layers = self.model.config.get_text_config().num_hidden_layers
-            view = CopilotCacheView.attach(cache, pilot_layers, self.active_network.cache_slots)
-        past = view.past if view is not None else 0
-        key_valid = _key_valid(attention_mask, batch, past + length, hidden.device)
-        if prompt_length is None:
-            prompt_length = self._generation_prompt_length
-        generated = generated_positions(prompt_length, past, batch, length, hidden.device)
-        feed = config.inference_feed
-        # The "pilot_error" feed reads p̂ of this call's positions when one after the first is generated (scoring a
-        # continuation): the head then runs first, everywhere. A decoding step reads only the previous step's p̂, so
-        # the Pilot's logits and the correction share one head pass after the Copilot.
-        decoding = feed == "pilot_error" and isinstance(logits_to_keep, int) and not generated[:, 1:].any()
-        pilot_logits = undefined = None
-        if feed == "pilot_error" and not decoding:
-            pilot_logits = self.model.lm_head(hidden)
-            undefined = undefined_predictions(pilot_logits)
-        u = self.copilot_layer.inference(
-            memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined
-        )
-        hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
-        if pilot_logits is not None:
-            pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), self.copilot_layer.head(u)
-            undefined = undefined if undefined is None else _keep_positions(undefined, logits_to_keep)
-        elif not decoding and not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
-            return CopilotCausalLMOutput(logits=self._fuse_in_hidden_space(hidden, u), **{CACHE_FIELD: cache})
-        else:
-            pilot_logits, correction = self._logits_and_correction(hidden, u)
-            undefined = undefined_predictions(pilot_logits)
-            if decoding and view is not None:
-                last_undefined = undefined[:, -1:] if undefined is not None else None
-                self.copilot_layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined)
-        self._count_skipped(undefined)
-        return CopilotCausalLMOutput(
-            logits=self._fuse(pilot_logits, correction, undefined),
-            pilot_logits=pilot_logits,
-            copilot_logits=correction,
-            **{CACHE_FIELD: cache},
-        )
-
-    def _fuse_in_hidden_space(self, hidden: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Logit fusion as one head pass, W·(h + λ·u); where that prediction is undefined, the Pilot's own W·h
-        (recomputed at those positions only: it is never needed otherwise)."""
-        fused = self.model.lm_head(hidden + self.active_config.fusion_lambda * u.to(hidden.dtype))
-        undefined = undefined_predictions(fused)
-        if undefined is not None:
-            fused[undefined] = self.model.lm_head(hidden[undefined]).to(fused.dtype)
-        self._count_skipped(undefined)
-        return fused
-
-    def _count_skipped(self, undefined: torch.Tensor | None) -> None:
+    def count_skipped(self, undefined: torch.Tensor | None) -> None:
         """Count the positions returned unfused because the Pilot's prediction there was undefined; warn once."""
         if undefined is None:
             return
@@ -505,27 +368,18 @@ class CopilotModel(BaseTuner):
             self._warned_skipped = True
             warnings.warn(_SKIPPED_WARNING, stacklevel=2)
 
-    def _warn_once_pilot_loss(self) -> None:
+    def warn_once_pilot_loss(self) -> None:
         if self.training and not self._warned_pilot_loss:
             # `CopilotSFTTrainer` trains with `copilot_teacher_forcing=False`, so this is a loop of the user's own.
             self._warned_pilot_loss = True
-            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=4)
+            warnings.warn(_PILOT_LOSS_WARNING, stacklevel=5)
 
-    def _fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor, undefined=True) -> torch.Tensor:
+    def fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor, undefined=True) -> torch.Tensor:
         """`fuse_logits` with the active config; `undefined` as there (`True`: check the Pilot's logits here)."""
         config = self.active_config
         return fuse_logits(
             pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor, undefined
         )
-
-    def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,
-        which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not twice)."""
-        head = self.model.lm_head
-        if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
-            return head(hidden), self.copilot_layer.head(u)
-        both = head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
-        return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
 
     # ------------------------------------------------------------------ generation
 
@@ -533,89 +387,4 @@ class CopilotModel(BaseTuner):
         """The Pilot's `generate()` on fused logits; every decoding strategy works (Copilot off: the Pilot's own)."""
         if not self._copilot_active():
             return self.model.generate(*args, **kwargs)
-        with self._route_generation_through_fusion(prompt_length=self._generation_prompt(args, kwargs)):
-            return self.model.generate(*args, **kwargs)
-
-    def _generation_prompt(self, args: tuple, kwargs: dict) -> int:
-        """Where generated positions start: after the input (decoder-only), or after the decoder's prompt (its start
-        token, or the `decoder_input_ids` given) for an encoder-decoder Pilot."""
-        if self.encoder_decoder:
-            decoder_prompt = kwargs.get("decoder_input_ids")
-            return decoder_prompt.shape[1] if decoder_prompt is not None else DECODER_PROMPT_LENGTH
-        inputs = kwargs.get("input_ids", args[0] if args else None)
-        if inputs is None:
-            inputs = kwargs.get("inputs_embeds")
-        if inputs is None:
-            raise ValueError("Copilot generation needs `input_ids` or `inputs_embeds`.")
-        return inputs.shape[1]
-
-    @contextmanager
-    def _route_generation_through_fusion(self, prompt_length: int):
-        pilot = self.model
-        had_instance_forward = "forward" in pilot.__dict__
-        original = pilot.forward
-
-        @functools.wraps(original)
-        def fused(*args, **kwargs):
-            return self.forward(*args, copilot_components=False, **kwargs)
-
-        pilot.forward = fused
-        # An encoder-decoder Pilot's whole forward runs inside the fused one: it must reach the original, not `fused`.
-        self._pilot_forward = original
-        self._generation_prompt_length = prompt_length
-        try:
-            yield
-        finally:
-            if had_instance_forward:
-                pilot.forward = original
-            else:
-                del pilot.forward
-            self._pilot_forward = None
-            self._generation_prompt_length = None
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def weights_problem(expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], marker: str) -> str | None:
-    """What is wrong with an adapter's tensors against the model's (`marker` names the Copilot's keys), or None:
-    missing Copilot weights, unknown keys, wrong shapes, non-float or non-finite Copilot weights."""
-    copilot = [k for k in expected if marker in k]
-    missing = [k for k in copilot if k not in loaded]
-    if missing:
-        return (
-            f"is missing {len(missing)} of {len(copilot)} Copilot weights (first: {missing[0]!r}); it is incomplete "
-            "or was saved from a different Copilot architecture"
-        )
-    unknown = [k for k in loaded if k not in expected]
-    if unknown:
-        return f"holds {len(unknown)} weights this model does not have (first: {unknown[0]!r})"
-    for key, tensor in loaded.items():
-        if tensor.shape != expected[key].shape:
-            return f"gives {key!r} the shape {tuple(tensor.shape)}, the model's is {tuple(expected[key].shape)}"
-        if marker in key and not tensor.is_floating_point():
-            return f"gives {key!r} the non-float dtype {tensor.dtype}"
-        if marker in key and not torch.isfinite(tensor).all():
-            return f"gives {key!r} non-finite values"
-    return None
-
-
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-    """The Pilot's token cross-entropy, normalised like transformers' causal-LM loss (by `num_items_in_batch` when
-    the trainer counts tokens across gradient-accumulation steps, else by the tokens here)."""
-    total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-    if num_items_in_batch is None:
-        return total / max(targets.numel(), 1)
-    return total / torch.as_tensor(num_items_in_batch, device=total.device)
-
-
-def _key_valid(attention_mask, batch: int, total: int, device) -> torch.Tensor:
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] == total:
-        return attention_mask.to(device=device, dtype=torch.bool)
-    return torch.ones(batch, total, dtype=torch.bool, device=device)
-
-
-def _keep_positions(tensor: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
-    if isinstance(logits_to_keep, int):
-        return tensor if logits_to_keep == 0 else tensor[:, -logits_to_keep:]
-    return tensor[:, logits_to_keep]
+        return generate(self, *args, **kwargs)

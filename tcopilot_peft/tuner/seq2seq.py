@@ -1,5 +1,5 @@
-"""The fused forward of an encoder-decoder (T5-family) Pilot, in the same three modes as the decoder-only forward
-(`CopilotModel.forward`), over the Pilot's own `Seq2SeqLMOutput`.
+"""The fused forward of an encoder-decoder (T5-family) Pilot, in the same three modes as the decoder-only runner
+(`causal.py`), over the Pilot's own `Seq2SeqLMOutput`; it reaches the tuner through the same public interface.
 
 The Pilot runs its whole forward (encoder, decoder, LM head, loss) exactly as it would alone, with
 `output_hidden_states=True`; the Copilot then reads, at decoder position t:
@@ -16,102 +16,135 @@ a plain forward on `decoder_input_ids` scores that target exactly as generation 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .layer import generated_positions
+from .outputs import CopilotSeq2SeqLMOutput
 from .pilot import num_decoder_layers
 
 
 DECODER_PROMPT_LENGTH = 1  # the decoder start token
 
 
-@dataclass
-class CopilotSeq2SeqLMOutput(Seq2SeqLMOutput):
-    """`Seq2SeqLMOutput` whose `logits` are fused, plus the fields of `CopilotCausalLMOutput` (same meanings;
-    `copilot_memory_x` is the encoder output)."""
+class Seq2SeqRunner:
+    """Runs an encoder-decoder Pilot with the tuner's active Copilot (see the module docstring)."""
 
-    pilot_logits: torch.Tensor | None = None
-    pilot_target_logits: torch.Tensor | None = None
-    copilot_logits: torch.Tensor | None = None
-    copilot_loss: torch.Tensor | None = None
-    copilot_memory_x: torch.Tensor | None = None
-    copilot_memory_h: torch.Tensor | None = None
+    def __init__(self, tuner) -> None:
+        self.tuner = tuner
 
+    @staticmethod
+    def targets_of(labels: torch.Tensor) -> torch.Tensor:
+        """`targets[:, t]`, the token position t predicts: the label itself (the decoder reads the labels shifted
+        right)."""
+        return labels
 
-def seq2seq_forward(
-    tuner, attention_mask, labels, prompt_length, teacher_forcing: bool, kwargs: dict
-) -> CopilotSeq2SeqLMOutput:
-    """The Pilot's forward, then the Copilot in the mode `labels` and `teacher_forcing` select."""
-    kwargs.pop("num_items_in_batch", None)  # T5's loss is its own mean over label tokens; it takes no token count
-    keep_hidden = kwargs.pop("output_hidden_states", False)
-    pilot_out = (tuner._pilot_forward or tuner.model)(
-        attention_mask=attention_mask, labels=labels, output_hidden_states=True, **kwargs
-    )
-    encoder = pilot_out.encoder_last_hidden_state.detach()
-    key_valid = (
-        attention_mask.bool() if attention_mask is not None else torch.ones(encoder.shape[:2], dtype=torch.bool)
-    ).to(encoder.device)
-    token_embeds, memory_h = tuner.copilot_layer.pilot_memory(
-        pilot_out.decoder_hidden_states, tuner.active_config.pooled_layers
-    )
-    if labels is None:
-        fields = _inference(tuner, pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length)
-    elif teacher_forcing:
-        fields = _teacher_forced(tuner, pilot_out, encoder, memory_h, key_valid, labels)
-    else:
-        fields = {"pilot_target_logits": pilot_out.logits[labels != IGNORE_INDEX]}
-    if labels is not None:
-        fields.update(loss=pilot_out.loss, copilot_memory_x=encoder, copilot_memory_h=memory_h)
-    return CopilotSeq2SeqLMOutput(
-        **{CACHE_FIELD: pilot_out.get(CACHE_FIELD)},
-        decoder_hidden_states=pilot_out.decoder_hidden_states if keep_hidden else None,
-        encoder_last_hidden_state=pilot_out.encoder_last_hidden_state,
-        encoder_hidden_states=pilot_out.encoder_hidden_states if keep_hidden else None,
-        **fields,
-    )
+    @staticmethod
+    def generation_prompt(args: tuple, kwargs: dict) -> int:
+        """Where generated positions start: after the decoder's prompt (its start token, or the `decoder_input_ids`
+        given to `generate`)."""
+        decoder_prompt = kwargs.get("decoder_input_ids")
+        return decoder_prompt.shape[1] if decoder_prompt is not None else DECODER_PROMPT_LENGTH
 
+    def replay_memory(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """X̃ and its key mask for a Mistake Log batch: the encoder's output, recomputed from the logged source ids."""
+        encoder = self.tuner.model.get_encoder()
+        memory_x = encoder(input_ids=batch.source_ids, attention_mask=batch.source_mask).last_hidden_state
+        return memory_x, batch.source_mask
 
-def _teacher_forced(tuner, pilot_out, encoder, memory_h, key_valid, labels) -> dict:
-    tuner._warn_once_pilot_loss()
-    logits = pilot_out.logits
-    correction, copilot_loss = tuner.copilot_teacher_forced(
-        encoder, memory_h, key_valid, labels, PilotPrediction.from_logits(logits), full_correction=True
-    )
-    return {
-        "logits": tuner._fuse(logits, correction),
-        "pilot_logits": logits,
-        "pilot_target_logits": logits[labels != IGNORE_INDEX],
-        "copilot_logits": correction,
-        "copilot_loss": copilot_loss,
-    }
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        inputs_embeds,
+        labels,
+        logits_to_keep,
+        prompt_length,
+        teacher_forcing,
+        components,
+        kwargs,
+    ) -> CopilotSeq2SeqLMOutput:
+        """The Pilot's forward, then the Copilot in the mode `labels` and `teacher_forcing` select. (`logits_to_keep`
+        and `components` are the decoder-only runner's: T5 returns the logits of every decoder position.)"""
+        tuner = self.tuner
+        kwargs.pop("num_items_in_batch", None)  # T5's loss is its own mean over label tokens; it takes no token count
+        keep_hidden = kwargs.pop("output_hidden_states", False)
+        pilot_out = tuner.pilot_forward(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_hidden_states=True,
+            **kwargs,
+        )
+        encoder = pilot_out.encoder_last_hidden_state.detach()
+        key_valid = (
+            attention_mask.bool() if attention_mask is not None else torch.ones(encoder.shape[:2], dtype=torch.bool)
+        ).to(encoder.device)
+        token_embeds, memory_h = tuner.copilot_layer.pilot_memory(
+            pilot_out.decoder_hidden_states, tuner.active_config.pooled_layers
+        )
+        if labels is None:
+            fields = self._inference(pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length)
+        elif teacher_forcing:
+            fields = self._teacher_forced(pilot_out, encoder, memory_h, key_valid, labels)
+        else:
+            fields = {"pilot_target_logits": pilot_out.logits[labels != IGNORE_INDEX]}
+        if labels is not None:
+            fields.update(loss=pilot_out.loss, copilot_memory_x=encoder, copilot_memory_h=memory_h)
+        return CopilotSeq2SeqLMOutput(
+            **{CACHE_FIELD: pilot_out.get(CACHE_FIELD)},
+            decoder_hidden_states=pilot_out.decoder_hidden_states if keep_hidden else None,
+            encoder_last_hidden_state=pilot_out.encoder_last_hidden_state,
+            encoder_hidden_states=pilot_out.encoder_hidden_states if keep_hidden else None,
+            **fields,
+        )
 
+    def _teacher_forced(self, pilot_out, encoder, memory_h, key_valid, labels) -> dict:
+        tuner = self.tuner
+        tuner.warn_once_pilot_loss()
+        logits = pilot_out.logits
+        correction, copilot_loss = tuner.copilot_teacher_forced(
+            encoder, memory_h, key_valid, labels, PilotPrediction.from_logits(logits), full_correction=True
+        )
+        return {
+            "logits": tuner.fuse(logits, correction),
+            "pilot_logits": logits,
+            "pilot_target_logits": logits[labels != IGNORE_INDEX],
+            "copilot_logits": correction,
+            "copilot_loss": copilot_loss,
+        }
 
-def _inference(tuner, pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length) -> dict:
-    """Algorithm 2 over this call's decoder positions, continuing from the cache when there is one."""
-    config = tuner.active_config
-    cache = pilot_out.get(CACHE_FIELD)
-    view = None
-    if cache is not None:
-        view = CopilotCacheView.attach(cache, num_decoder_layers(tuner.model), tuner.active_network.cache_slots)
-    past = view.past if view is not None else 0
-    if prompt_length is None:
-        prompt_length = tuner._generation_prompt_length or DECODER_PROMPT_LENGTH
-    batch, length = memory_h.shape[:2]
-    generated = generated_positions(prompt_length, past, batch, length, memory_h.device)
-    logits = pilot_out.logits
-    undefined = undefined_predictions(logits)
-    u = tuner.copilot_layer.inference(
-        encoder, memory_h, key_valid, token_embeds, generated, view, config.inference_feed, logits, undefined
-    )
-    correction = tuner.copilot_layer.head(u)
-    tuner._count_skipped(undefined)
-    return {
-        "logits": tuner._fuse(logits, correction, undefined),
-        "pilot_logits": logits,
-        "copilot_logits": correction,
-    }
+    def _inference(self, pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length) -> dict:
+        """Algorithm 2 over this call's decoder positions, continuing from the cache when there is one."""
+        tuner = self.tuner
+        cache = pilot_out.get(CACHE_FIELD)
+        view = None
+        if cache is not None:
+            view = CopilotCacheView.attach(cache, num_decoder_layers(tuner.model), tuner.active_network.cache_slots)
+        past = view.past if view is not None else 0
+        if prompt_length is None:
+            prompt_length = tuner.generation_prompt_length or DECODER_PROMPT_LENGTH
+        batch, length = memory_h.shape[:2]
+        generated = generated_positions(prompt_length, past, batch, length, memory_h.device)
+        logits = pilot_out.logits
+        undefined = undefined_predictions(logits)
+        u = tuner.copilot_layer.inference(
+            encoder,
+            memory_h,
+            key_valid,
+            token_embeds,
+            generated,
+            view,
+            tuner.active_config.inference_feed,
+            logits,
+            undefined,
+        )
+        correction = tuner.copilot_layer.head(u)
+        tuner.count_skipped(undefined)
+        return {
+            "logits": tuner.fuse(logits, correction, undefined),
+            "pilot_logits": logits,
+            "copilot_logits": correction,
+        }
