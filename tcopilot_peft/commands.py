@@ -12,6 +12,7 @@ from .cli import UsageError
 from .fusion import COPILOT_LOSSES
 from .generation import generate_arms
 from .tuner.config import FUSION_MODES
+from .tuner.families import default_lora_targets
 
 
 def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,13 +92,6 @@ def load_pilot(
             ),
         )
     return pilot
-
-
-def default_lora_targets(pilot) -> list[str] | str:
-    """Every linear layer of a T5 (its names differ), the attention and MLP projections of a Llama-family Pilot."""
-    if pilot.config.is_encoder_decoder:
-        return "all-linear"
-    return ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
 def pilot_class(name_or_path: str):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .tuner import CopilotModel
+from .tuner.pilot import decoder_layers
 
 
 @dataclass
@@ -52,7 +53,7 @@ def cost_model(model: torch.nn.Module) -> CostModel:
         raise ValueError("The analytic cost model covers decoder-only Pilots; time an encoder-decoder Pilot instead.")
     pilot = tuner.model
     vocab, hidden = pilot.get_output_embeddings().weight.shape
-    pilot_blocks = sum(_weights(p) for n, p in pilot.model.layers.named_parameters() if "lora_" not in n)
+    pilot_blocks = sum(_weights(p) for n, p in decoder_layers(pilot).named_parameters() if "lora_" not in n)
     network = tuner.active_network
     copilot = sum(p.numel() for p in network.parameters())
     # Cross-attention layers project two memory entries (X̃ and pooled h) per position through k/v and, when the

@@ -9,9 +9,10 @@ the runner runs it in those steps so the Copilot can read the decoder's states:
   positions only, and the Mistake Log's inputs; the Copilot is left to the trainer;
 * no labels (inference, Algorithm 2): fused logits at the kept positions.
 
-The runner reaches the tuner only through its public interface: `model` (the Pilot), `active_config`,
-`active_network`, `copilot_layer`, `copilot_teacher_forced`, `fuse`, `count_skipped`, `warn_once_pilot_loss` and
-`generation_prompt_length`.
+X̃ is the embedding layer's output, read the same way here and when the Mistake Log is replayed (`replay_memory`).
+The runner reaches the tuner only through its public interface: `model` (the Pilot), `family` (where the Pilot's
+parts live), `active_config`, `active_network`, `copilot_layer`, `copilot_teacher_forced`, `fuse`, `count_skipped`,
+`warn_once_pilot_loss` and `generation_prompt_length`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class CausalRunner:
 
     def __init__(self, tuner) -> None:
         self.tuner = tuner
+        self.head = tuner.family.module(tuner.model, "head")
 
     @staticmethod
     def targets_of(labels: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,10 @@ class CausalRunner:
 
     def replay_memory(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """X̃ and its key mask for a Mistake Log batch: the logged ids, re-embedded."""
-        return self.tuner.model.get_input_embeddings()(batch.input_ids), batch.attention_mask
+        return self._embed(batch.input_ids), batch.attention_mask
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.tuner.family.module(self.tuner.model, "embedding")(input_ids)
 
     def forward(
         self,
@@ -63,33 +68,38 @@ class CausalRunner:
     ) -> CopilotCausalLMOutput:
         """The Pilot's decoder, then the mode `labels` and `teacher_forcing` select (`CopilotModel.forward`)."""
         keep_hidden = kwargs.pop("output_hidden_states", False)
-        decoder_out = self.tuner.model.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            output_hidden_states=True,
-            **kwargs,
+        if inputs_embeds is None and input_ids is not None:
+            inputs_embeds = self._embed(input_ids)  # X̃: embedded here, as at replay, and handed to the decoder
+        decoder = self.tuner.family.module(self.tuner.model, "decoder")
+        decoder_out = decoder(
+            attention_mask=attention_mask, inputs_embeds=inputs_embeds, output_hidden_states=True, **kwargs
         )
         if labels is None:
-            output = self._inference(decoder_out, attention_mask, logits_to_keep, prompt_length, components)
+            output = self._inference(
+                decoder_out, inputs_embeds, attention_mask, logits_to_keep, prompt_length, components
+            )
         elif teacher_forcing:
-            output = self._teacher_forced(decoder_out, attention_mask, labels, logits_to_keep, kwargs)
+            output = self._teacher_forced(decoder_out, inputs_embeds, attention_mask, labels, logits_to_keep, kwargs)
         else:
-            output = self._training_step(decoder_out, labels, kwargs)
+            output = self._training_step(decoder_out, inputs_embeds, labels, kwargs)
         output.hidden_states = decoder_out.hidden_states if keep_hidden else None
         output.attentions = decoder_out.get("attentions")
         return output
 
-    def _memory(self, decoder_out) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tuner.copilot_layer.pilot_memory(decoder_out.hidden_states, self.tuner.active_config.pooled_layers)
+    def _memory(self, decoder_out, inputs_embeds) -> tuple[torch.Tensor, torch.Tensor]:
+        """X̃ (detached) and the layer-pooled Pilot states."""
+        pooled = self.tuner.copilot_layer.pool_layers(
+            decoder_out.hidden_states, self.tuner.active_config.pooled_layers
+        )
+        return inputs_embeds.detach(), pooled
 
-    def _training_step(self, decoder_out, labels, kw) -> CopilotCausalLMOutput:
+    def _training_step(self, decoder_out, inputs_embeds, labels, kw) -> CopilotCausalLMOutput:
         """`CopilotSFTTrainer`'s step: the LM head only where there is a target, like TRL's own loss; no Copilot."""
         hidden = decoder_out.last_hidden_state
         targets = shift_targets(labels)
         valid = targets != IGNORE_INDEX
-        target_logits = self.tuner.model.lm_head(hidden[valid])
-        memory_x, memory_h = self._memory(decoder_out)
+        target_logits = self.head(hidden[valid])
+        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         return CopilotCausalLMOutput(
             loss=_cross_entropy(target_logits, targets[valid], kw.get("num_items_in_batch")),
             pilot_target_logits=target_logits,
@@ -98,16 +108,18 @@ class CausalRunner:
             **{CACHE_FIELD: decoder_out.get(CACHE_FIELD)},
         )
 
-    def _teacher_forced(self, decoder_out, attention_mask, labels, logits_to_keep, kw) -> CopilotCausalLMOutput:
+    def _teacher_forced(
+        self, decoder_out, inputs_embeds, attention_mask, labels, logits_to_keep, kw
+    ) -> CopilotCausalLMOutput:
         """The Copilot on the Pilot's true errors: fused logits, the Pilot's loss and the Copilot's."""
         tuner, hidden = self.tuner, decoder_out.last_hidden_state
         cache = decoder_out.get(CACHE_FIELD)
         if cache is not None and cache.get_seq_length() > hidden.shape[1]:
             raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
         tuner.warn_once_pilot_loss()
-        memory_x, memory_h = self._memory(decoder_out)
+        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         key_valid = _key_valid(attention_mask, *hidden.shape[:2], hidden.device)
-        pilot_logits = tuner.model.lm_head(_keep_positions(hidden, logits_to_keep))
+        pilot_logits = self.head(_keep_positions(hidden, logits_to_keep))
         loss = tuner.model.loss_function(logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw)
         targets = shift_targets(labels)
         correction, copilot_loss_value = tuner.copilot_teacher_forced(
@@ -125,18 +137,18 @@ class CausalRunner:
             **{CACHE_FIELD: cache},
         )
 
-    def _inference(self, decoder_out, attention_mask, logits_to_keep, prompt_length, components):
+    def _inference(self, decoder_out, inputs_embeds, attention_mask, logits_to_keep, prompt_length, components):
         """Algorithm 2 over this call's positions: fused logits at the kept positions, and (unless fused in hidden
         space, `components=False` with logit fusion) the Pilot's logits and the correction."""
         tuner = self.tuner
-        config, layer, head = tuner.active_config, tuner.copilot_layer, tuner.model.lm_head
+        config, layer, head = tuner.active_config, tuner.copilot_layer, self.head
         hidden = decoder_out.last_hidden_state
-        memory_x, memory_h = self._memory(decoder_out)
+        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         batch, length = memory_x.shape[:2]
         cache = decoder_out.get(CACHE_FIELD)
         view = None
         if cache is not None:
-            pilot_layers = tuner.model.config.get_text_config().num_hidden_layers
+            pilot_layers = tuner.family.num_layers(tuner.model)
             view = CopilotCacheView.attach(cache, pilot_layers, tuner.active_network.cache_slots)
         past = view.past if view is not None else 0
         key_valid = _key_valid(attention_mask, batch, past + length, hidden.device)
@@ -176,7 +188,7 @@ class CausalRunner:
     def _fuse_in_hidden_space(self, hidden: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Logit fusion as one head pass, W·(h + λ·u); where that prediction is undefined, the Pilot's own W·h
         (recomputed at those positions only: it is never needed otherwise)."""
-        head = self.tuner.model.lm_head
+        head = self.head
         fused = head(hidden + self.tuner.active_config.fusion_lambda * u.to(hidden.dtype))
         undefined = undefined_predictions(fused)
         if undefined is not None:
@@ -187,7 +199,7 @@ class CausalRunner:
     def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,
         which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not twice)."""
-        head = self.tuner.model.lm_head
+        head = self.head
         if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
             return head(hidden), self.tuner.copilot_layer.head(u)
         both = head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))

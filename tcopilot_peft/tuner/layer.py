@@ -80,18 +80,16 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         return self._gram_cache[1]
 
     @staticmethod
-    def pilot_memory(
-        hidden_states: tuple[torch.Tensor, ...], pooled_layers: list[int] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """X̃ (the embedding output) and the mean over the pooled Pilot layers, each layer RMS-normalised first.
+    def pool_layers(hidden_states: tuple[torch.Tensor, ...], pooled_layers: list[int] | None) -> torch.Tensor:
+        """The mean over the pooled Pilot layers (detached), each layer RMS-normalised first.
 
-        `hidden_states[0]` is the embedding output; the last entry is post-final-norm while the others are raw
-        residual streams, so every layer is normalised before averaging.
+        `hidden_states[0]` is the embedding output and is not pooled; the last entry is post-final-norm while the
+        others are raw residual streams, so every layer is normalised before averaging.
         """
         layers = hidden_states[1:]
         stacked = torch.stack([layers[i] for i in pooled_layers] if pooled_layers else list(layers)).float()
         stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return hidden_states[0].detach(), stacked.mean(0).detach()
+        return stacked.mean(0).detach()
 
     # ------------------------------------------------------------------ teacher-forced (training, scoring)
 

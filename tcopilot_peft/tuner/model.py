@@ -39,6 +39,7 @@ from ..fusion import PilotPrediction, fuse_logits
 from .causal import CausalRunner
 from .checkpoint import weights_problem
 from .config import CopilotConfig
+from .families import PilotFamily, family_of
 from .generation import Generating, generate
 from .layer import CopilotLayer
 from .network import CopilotNetwork
@@ -241,9 +242,14 @@ class CopilotModel(BaseTuner):
         return is_encoder_decoder(self.model)
 
     @property
+    def family(self) -> PilotFamily:
+        """The Pilot's entry in the family table (`families.py`)."""
+        return family_of(self.model)
+
+    @property
     def runner(self) -> CausalRunner | Seq2SeqRunner:
-        """What runs the Pilot with the active Copilot: the decoder-only or the encoder-decoder runner."""
-        return Seq2SeqRunner(self) if self.encoder_decoder else CausalRunner(self)
+        """What runs the Pilot with the active Copilot: its family's runner (decoder-only or encoder-decoder)."""
+        return self.family.runner(self)
 
     @property
     def pilot_forward(self):

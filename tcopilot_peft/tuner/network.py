@@ -147,20 +147,6 @@ class Block(nn.Module):
         x = x + self.dropout(self.attn(self.input_layernorm(x), mask, memory, cache, layer_idx))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
-    @torch.no_grad()
-    def copy_decoder_layer(self, layer: nn.Module) -> None:
-        """Take the weights of a Llama-shaped decoder layer (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`,
-        two RMSNorms); a cross-attention block puts the self-attention weights to a new use."""
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            target, origin = getattr(self.attn, name), base_linear(getattr(layer.self_attn, name))
-            target.weight.copy_(dequantized_weight(origin))
-            if target.bias is not None and origin.bias is not None:
-                target.bias.copy_(origin.bias.detach().float())
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            getattr(self.mlp, name).weight.copy_(dequantized_weight(getattr(layer.mlp, name)))
-        self.input_layernorm.weight.copy_(layer.input_layernorm.weight.detach().float())
-        self.post_attention_layernorm.weight.copy_(layer.post_attention_layernorm.weight.detach().float())
-
 
 class CopilotNetwork(nn.Module):
     def __init__(self, config: CopilotNetworkConfig):
@@ -258,11 +244,15 @@ class CopilotNetwork(nn.Module):
 
     @classmethod
     def from_decoder_layers(
-        cls, config: CopilotNetworkConfig, layers: Sequence[nn.Module], indices: Sequence[int] | None = None
+        cls,
+        config: CopilotNetworkConfig,
+        layers: Sequence[nn.Module],
+        weight_map: dict[str, str],
+        indices: Sequence[int] | None = None,
     ) -> CopilotNetwork:
-        """A Copilot whose blocks start as copies of Llama / Qwen2 / Mistral decoder layers (the Pilot's own, or a
-        smaller pretrained decoder's): block i copies `layers[indices[i]]`, evenly spaced over `layers` by default.
-        LoRA-wrapped or quantized weights are copied dequantized; the maps around the blocks start as in `__init__`."""
+        """A Copilot whose blocks start as copies of decoder layers (the Pilot's own, or a smaller pretrained
+        decoder's): block i copies `layers[indices[i]]`, evenly spaced over `layers` by default, through `weight_map`
+        (`copy_layer_weights`). The maps around the blocks start as in `__init__`."""
         count, available = config.num_layers, len(layers)
         if indices is None:
             indices = [round(i * (available - 1) / (count - 1)) for i in range(count)] if count > 1 else [0]
@@ -274,7 +264,7 @@ class CopilotNetwork(nn.Module):
         network = cls(config)
         with torch.no_grad():
             for block, index in zip(network.layers, indices):
-                block.copy_decoder_layer(layers[index])
+                copy_layer_weights(block, layers[index], weight_map)
         return network
 
     @classmethod
@@ -288,3 +278,27 @@ class CopilotNetwork(nn.Module):
                     if linear.bias is not None:
                         nn.init.zeros_(linear.bias)
         return network
+
+
+@torch.no_grad()
+def copy_layer_weights(block: nn.Module, layer: nn.Module, weight_map: dict[str, str]) -> None:
+    """Copy a decoder layer's weights into a Copilot block: `weight_map` maps the block's state-dict keys to the
+    layer's (as nanoGPT's `from_pretrained`). A key the block lacks (a bias it does not have, the other feed-forward
+    variant) is skipped, as is a bias the layer lacks. LoRA-wrapped or quantized weights are copied dequantized; the
+    layer is untouched."""
+    for target_key, source_key in weight_map.items():
+        try:
+            target = block.get_parameter(target_key)
+        except AttributeError:
+            continue
+        path, _, kind = source_key.rpartition(".")
+        try:
+            origin = base_linear(layer.get_submodule(path))
+        except AttributeError as error:
+            raise ValueError(
+                f"The Pilot's decoder layer has no {path!r} to initialise the Copilot's {target_key!r}."
+            ) from error
+        if kind == "weight":
+            target.copy_(dequantized_weight(origin))
+        elif getattr(origin, kind, None) is not None:
+            target.copy_(getattr(origin, kind).detach().float())

@@ -38,7 +38,6 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from .bnb import dequantized_weight
 from .network import CopilotNetwork, RMSNorm
 
 
@@ -141,28 +140,6 @@ class T5CopilotBlock(nn.Module):
             cache.cross_attention_cache.update(k, v, slot)
         return k, v
 
-    @torch.no_grad()
-    def copy_decoder_layer(self, block: nn.Module) -> None:
-        """Take the weights of a T5 decoder block (`layer[0]` self-attention, `layer[1]` cross-attention,
-        `layer[2]` feed-forward, each with its norm)."""
-        self_attention, cross_attention, feed_forward = block.layer
-        for target, origin in (
-            (self.self_attn, self_attention.SelfAttention),
-            (self.cross_attn, cross_attention.EncDecAttention),
-        ):
-            for name in ("q", "k", "v", "o"):
-                getattr(target, name).weight.copy_(dequantized_weight(getattr(origin, name)))
-        dense = feed_forward.DenseReluDense
-        for name in ("wi_0", "wi_1") if self.ff.gated else ("wi",):
-            getattr(self.ff, name).weight.copy_(dequantized_weight(getattr(dense, name)))
-        self.ff.wo.weight.copy_(dequantized_weight(dense.wo))
-        for norm, origin in (
-            (self.self_attn_norm, self_attention),
-            (self.cross_attn_norm, cross_attention),
-            (self.ff_norm, feed_forward),
-        ):
-            norm.weight.copy_(origin.layer_norm.weight.detach().float())
-
 
 class T5CopilotNetwork(CopilotNetwork):
     """The Copilot of a T5-family Pilot. `forward` takes what `CopilotNetwork.forward` takes, with two differences
@@ -230,11 +207,15 @@ class T5CopilotNetwork(CopilotNetwork):
 
     @classmethod
     def from_decoder_layers(
-        cls, config: T5CopilotNetworkConfig, layers: Sequence[nn.Module], indices: Sequence[int] | None = None
+        cls,
+        config: T5CopilotNetworkConfig,
+        layers: Sequence[nn.Module],
+        weight_map: dict[str, str],
+        indices: Sequence[int] | None = None,
     ) -> T5CopilotNetwork:
         """As `CopilotNetwork.from_decoder_layers`, from T5 decoder blocks; the relative position bias table comes
         from the first block (the only one that has it in T5)."""
-        network = super().from_decoder_layers(config, layers, indices)
+        network = super().from_decoder_layers(config, layers, weight_map, indices)
         with torch.no_grad():
             table = layers[0].layer[0].SelfAttention.relative_attention_bias.weight
             network.relative_attention_bias.weight.copy_(table.detach().float())

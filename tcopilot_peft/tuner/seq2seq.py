@@ -22,7 +22,6 @@ from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .layer import generated_positions
 from .outputs import CopilotSeq2SeqLMOutput
-from .pilot import num_decoder_layers
 
 
 DECODER_PROMPT_LENGTH = 1  # the decoder start token
@@ -82,9 +81,8 @@ class Seq2SeqRunner:
         key_valid = (
             attention_mask.bool() if attention_mask is not None else torch.ones(encoder.shape[:2], dtype=torch.bool)
         ).to(encoder.device)
-        token_embeds, memory_h = tuner.copilot_layer.pilot_memory(
-            pilot_out.decoder_hidden_states, tuner.active_config.pooled_layers
-        )
+        token_embeds = pilot_out.decoder_hidden_states[0]  # the decoder's input embeddings (its tokens' ŷ·E)
+        memory_h = tuner.copilot_layer.pool_layers(pilot_out.decoder_hidden_states, tuner.active_config.pooled_layers)
         if labels is None:
             fields = self._inference(pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length)
         elif teacher_forcing:
@@ -122,7 +120,9 @@ class Seq2SeqRunner:
         cache = pilot_out.get(CACHE_FIELD)
         view = None
         if cache is not None:
-            view = CopilotCacheView.attach(cache, num_decoder_layers(tuner.model), tuner.active_network.cache_slots)
+            view = CopilotCacheView.attach(
+                cache, tuner.family.num_layers(tuner.model), tuner.active_network.cache_slots
+            )
         past = view.past if view is not None else 0
         if prompt_length is None:
             prompt_length = tuner.generation_prompt_length or DECODER_PROMPT_LENGTH
