@@ -1,5 +1,5 @@
-"""The outputs of a Copilot model's forward: the Pilot's own output class, whose `logits` are fused, plus what
-training and the Mistake Log read."""
+"""The outputs of a Copilot model's forward: the Pilot's own output class, whose `logits` are fused, plus the Copilot's
+fields, defined once (`CopilotOutputFields`) for the decoder-only and the encoder-decoder output."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, Seq2SeqLMOutpu
 
 
 @dataclass
-class CopilotCausalLMOutput(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` whose `logits` are fused, plus what training needs.
+class CopilotOutputFields:
+    """What a Copilot model's output adds to the Pilot's (listed first among the bases, its fields come after the
+    Pilot's own, so `to_tuple()` keeps the Pilot's order).
 
     Args:
-        loss: the Pilot's own cross-entropy (when `labels` were given); no gradient from it reaches the Copilot.
-        logits: fused logits (None in the trainer's step, which has no correction).
         pilot_logits: the Pilot's logits (None in the trainer's step, and when `generate()` fuses in hidden space).
-        pilot_target_logits: with `labels`, the Pilot's logits at the target positions only (`labels[:, t + 1] !=
-            -100`), packed row-major as `(N, |V|)`: what the trainer's accuracy and the Mistake Log read.
+        pilot_target_logits: with `labels`, the Pilot's logits at the target positions only (the positions whose
+            target is not -100), packed row-major as `(N, |V|)`: what the trainer's accuracy and the Mistake Log read.
         copilot_logits: the Copilot's correction f.
         copilot_loss: the Copilot's training loss, its config's `copilot_loss` (teacher-forced with `labels`; no
             gradient reaches the Pilot).
-        copilot_memory_x, copilot_memory_h: with `labels`, detached X̃ and layer-pooled Pilot states, the Mistake
-            Log's inputs.
+        copilot_memory_x, copilot_memory_h: with `labels`, detached X̃ (the input embeddings of a decoder-only Pilot,
+            the encoder output of an encoder-decoder one) and layer-pooled Pilot states, the Mistake Log's inputs.
     """
 
     pilot_logits: torch.Tensor | None = None
@@ -35,13 +34,12 @@ class CopilotCausalLMOutput(CausalLMOutputWithPast):
 
 
 @dataclass
-class CopilotSeq2SeqLMOutput(Seq2SeqLMOutput):
-    """`Seq2SeqLMOutput` whose `logits` are fused, plus the fields of `CopilotCausalLMOutput` (same meanings;
-    `copilot_memory_x` is the encoder output)."""
+class CopilotCausalLMOutput(CopilotOutputFields, CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` whose `logits` are fused (None in the trainer's step, which has no correction), plus
+    `CopilotOutputFields`. `loss` is the Pilot's own cross-entropy (when `labels` were given); no gradient from it
+    reaches the Copilot."""
 
-    pilot_logits: torch.Tensor | None = None
-    pilot_target_logits: torch.Tensor | None = None
-    copilot_logits: torch.Tensor | None = None
-    copilot_loss: torch.Tensor | None = None
-    copilot_memory_x: torch.Tensor | None = None
-    copilot_memory_h: torch.Tensor | None = None
+
+@dataclass
+class CopilotSeq2SeqLMOutput(CopilotOutputFields, Seq2SeqLMOutput):
+    """`Seq2SeqLMOutput` whose `logits` are fused, plus `CopilotOutputFields`."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from tcopilot_peft import CopilotConfig
+from tcopilot_peft import CopilotCausalLMOutput, CopilotConfig
 from tcopilot_peft.fusion import COPILOT_LOSSES
 from tests.conftest import randomise_copilot, tiny_pilot
 
@@ -159,3 +159,19 @@ def test_generation_in_inference_mode_then_forward_with_autograd():
         model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
     out = model(input_ids=ids, copilot_prompt_length=3)
     assert out.logits.requires_grad
+
+
+def test_copilot_output_fields_are_defined_once_and_follow_the_pilots_own():
+    from dataclasses import fields
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast, Seq2SeqLMOutput
+
+    from tcopilot_peft.tuner.outputs import CopilotOutputFields, CopilotSeq2SeqLMOutput
+
+    copilot = [f.name for f in fields(CopilotOutputFields)]
+    for output, pilot in ((CopilotCausalLMOutput, CausalLMOutputWithPast), (CopilotSeq2SeqLMOutput, Seq2SeqLMOutput)):
+        assert [f.name for f in fields(output)] == [f.name for f in fields(pilot)] + copilot
+        assert not set(output.__dict__.get("__annotations__", {})) & set(copilot)  # not redeclared
+    logits, correction = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
+    out = CopilotCausalLMOutput(logits=logits, copilot_logits=correction)
+    assert list(out.keys()) == ["logits", "copilot_logits"] and out.to_tuple()[0] is logits
