@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from aenum import extend_enum
 from peft import PeftConfig
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
-from safetensors import SafetensorError, safe_open
+from peft.utils import PeftType
 
 from ..fusion import COPILOT_LOSSES
+from .checkpoint import check_adapter_weights
 
 
 # PEFT's `register_peft_method` only accepts names that are members of `PeftType`, and its save path checks enum
@@ -206,33 +206,6 @@ class CopilotConfig(PeftConfig):
                 f"CopilotConfig.num_layers={self.num_layers} disagrees with copilot_architecture's num_layers="
                 f"{self.copilot_architecture['num_layers']}."
             )
-
-
-def check_adapter_weights(folder: str) -> None:
-    """Refuse an adapter folder whose weights file cannot be read safely, naming the file and the problem.
-
-    `adapter_model.safetensors` must have a whole header that covers the file exactly: `safe_open` checks that from
-    the header alone (a truncated or overwritten header, or a file cut short, is caught without reading a tensor).
-    A folder with only `adapter_model.bin` (what `save_pretrained(..., safe_serialization=False)` writes) is refused
-    without opening it: PEFT would unpickle it, and an adapter from anyone must not run a pickle.
-    """
-    weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
-    if os.path.isfile(weights):
-        try:
-            with safe_open(weights, framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise ValueError(
-                f"The Copilot adapter file {weights} is not a whole safetensors file ({error}): it is truncated or "
-                "corrupt; nothing was loaded."
-            ) from error
-    elif os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
-        raise ValueError(
-            f"The Copilot adapter folder {folder} holds {WEIGHTS_NAME}, a pickle file, and no "
-            f"{SAFETENSORS_WEIGHTS_NAME}: Copilot adapters are read from safetensors only, and a pickle is never "
-            "unpickled. If you trust the file, convert it: `safetensors.torch.save_file(torch.load(path, "
-            f"weights_only=True), {os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)!r})`."
-        )
 
 
 ARCHITECTURE_SIZES = ("memory_size", "hidden_size", "num_layers", "num_attention_heads", "intermediate_size")

@@ -141,28 +141,52 @@ def test_a_truncated_second_adapter_leaves_the_loaded_one_as_it_was(adapters, tm
 
 
 @pytest.mark.parametrize("kind", ["plain", "lora"])
-def test_a_pickle_adapter_is_refused_by_name_and_never_unpickled(adapters, tmp_path, kind, monkeypatch):
+def test_a_pickle_adapter_loads_through_the_weights_only_loader(adapters, tmp_path, kind):
     folder = tmp_path / "adapter"
     shutil.copytree(adapters / kind, folder)
     torch.save(load_file(folder / WEIGHTS), folder / PICKLE)  # what save_pretrained(safe_serialization=False) writes
     (folder / WEIGHTS).unlink()
-    pilot = tiny_pilot()
-    before = snapshot(pilot)
-    with monkeypatch.context() as patched:
-        patched.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("the pickle was opened"))
-        with pytest.raises(ValueError) as refused:
-            PeftModel.from_pretrained(pilot, folder)
-    assert str(refused.value).startswith(
-        f"The Copilot adapter folder {folder} holds adapter_model.bin, a pickle file, and no "
-        "adapter_model.safetensors: Copilot adapters are read from safetensors only, and a pickle is never unpickled."
-    )
-    assert_untouched(pilot, before)
-    # The conversion the message gives, for a file the user trusts, loads the same weights.
-    save_file(torch.load(folder / PICKLE, weights_only=True), folder / WEIGHTS)
-    assert f"{str(folder / WEIGHTS)!r}" in str(refused.value)
-    loaded = PeftModel.from_pretrained(pilot, folder).state_dict()
+    loaded = PeftModel.from_pretrained(tiny_pilot(), folder).state_dict()
     original = PeftModel.from_pretrained(tiny_pilot(), adapters / kind).state_dict()
     assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in loaded)
+
+
+def test_save_pretrained_without_safetensors_writes_a_bin_that_loads(tmp_path):
+    model = get_peft_model(tiny_pilot(), CopilotConfig())
+    randomise_copilot(model)
+    ids = torch.randint(3, 97, (2, 7))
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / PICKLE).is_file() and not (tmp_path / WEIGHTS).exists()
+    loaded = PeftModel.from_pretrained(tiny_pilot(), tmp_path)
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+class _RunsCode:
+    """A pickle whose loading would call `Path.touch` on `marker` (as a crafted adapter file would run anything)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["plain", "lora"])
+def test_a_crafted_pickle_is_refused_by_name_and_never_runs(adapters, tmp_path, kind):
+    folder, marker = tmp_path / "adapter", tmp_path / "code-ran"
+    shutil.copytree(adapters / kind, folder)
+    tensors = load_file(folder / WEIGHTS)
+    (folder / WEIGHTS).unlink()
+    torch.save({**tensors, "payload": _RunsCode(marker)}, folder / PICKLE)
+    pilot = tiny_pilot()
+    before = snapshot(pilot)
+    with pytest.raises(ValueError) as refused:
+        PeftModel.from_pretrained(pilot, folder)
+    assert str(refused.value).startswith(
+        f"The Copilot adapter file {folder / PICKLE} is refused by the weights-only loader, which never runs code"
+    )
+    assert not marker.exists()
+    assert_untouched(pilot, before)
 
 
 @pytest.mark.parametrize("kind", ["plain", "lora"])
