@@ -78,6 +78,10 @@ class CopilotModel(BaseTuner):
 
     prefix: str = "copilot_"
     tuner_layer_cls = BaseTunerLayer
+    # The Copilot is a network held by the tuner, beside the Pilot, and its forward is the tuner's: a bare Pilot
+    # returned by `peft.inject_adapter_in_model` would carry none of it. PEFT refuses injection for such tuners, naming
+    # the reason and pointing to `get_peft_model`.
+    uses_shared_state: bool = True
     target_module_mapping: dict[str, list[str]] = {}
 
     def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, state_dict=None) -> None:

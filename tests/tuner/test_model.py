@@ -175,3 +175,16 @@ def test_copilot_output_fields_are_defined_once_and_follow_the_pilots_own():
     logits, correction = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
     out = CopilotCausalLMOutput(logits=logits, copilot_logits=correction)
     assert list(out.keys()) == ["logits", "copilot_logits"] and out.to_tuple()[0] is logits
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_inject_adapter_in_model_refuses_with_the_reason_instead_of_a_silent_no_op(low_cpu_mem_usage):
+    from peft import inject_adapter_in_model
+
+    pilot = tiny_pilot()
+    before = {name: tensor.clone() for name, tensor in pilot.state_dict().items()}
+    with pytest.raises(ValueError, match="does not support .*COPILOT because it uses shared state .*get_peft_model"):
+        inject_adapter_in_model(CopilotConfig(), pilot, low_cpu_mem_usage=low_cpu_mem_usage)
+    assert not hasattr(pilot, "peft_config")
+    after = pilot.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
