@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import Seq2SeqTrainingArguments
 from trl import SFTConfig
 
-from ..fusion import COPILOT_LOSSES
+from ..fusion import OBJECTIVES
 from ..mistake_log import SAMPLING_POLICIES
+from ..tuner.config import OBJECTIVE_HELP
 
 
 PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
@@ -65,12 +67,8 @@ class CopilotTrainingArguments:
     copilot_lr_scheduler_type: str = field(default="cosine", metadata={"help": "The Copilot's LR schedule."})
     copilot_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the Copilot's AdamW."})
     copilot_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clip of the Copilot (0: off)."})
-    copilot_loss: str | None = field(
-        default=None,
-        metadata={
-            "help": "Override the adapter's Copilot loss: 'fused_ce', or the paper's 'rmse' (Eq. 7), or 'mse'.",
-            "choices": COPILOT_LOSSES,
-        },
+    copilot_loss: Literal[tuple(OBJECTIVES)] | None = field(
+        default=None, metadata={"help": "Override the adapter's objective for this run. " + OBJECTIVE_HELP}
     )
     train_pilot: str = field(
         default="auto",
@@ -93,8 +91,8 @@ class CopilotTrainingArguments:
 
     def check_copilot_arguments(self) -> None:
         """Refuse, by name, a Copilot setting out of range (called by each config's `__post_init__`)."""
-        if self.copilot_loss is not None and self.copilot_loss not in COPILOT_LOSSES:
-            raise ValueError(f"copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
+        if self.copilot_loss is not None and self.copilot_loss not in OBJECTIVES:
+            raise ValueError(f"copilot_loss must be one of {tuple(OBJECTIVES)}, got {self.copilot_loss!r}.")
         if self.train_pilot not in PILOT_TRAINING_MODES:
             raise ValueError(f"train_pilot must be one of {PILOT_TRAINING_MODES}, got {self.train_pilot!r}.")
         if self.mistake_log_sampling not in SAMPLING_POLICIES:
