@@ -40,7 +40,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..fusion import IGNORE_INDEX, PilotPrediction, fuse_logits, shift_targets, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .config import CopilotConfig
-from .layer import CopilotLayer, generated_positions
+from .layer import COPILOT_WEIGHTS_PREFIX, CopilotLayer, generated_positions
 from .network import CopilotNetwork
 from .pilot import build_copilot, check_pilot, is_encoder_decoder, pilot_signature, unwrap_lora_pilot
 from .seq2seq import DECODER_PROMPT_LENGTH, seq2seq_forward
@@ -173,9 +173,9 @@ class CopilotModel(BaseTuner):
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        marker = f"copilot_model.{adapter_name}."
+        marker = f"{COPILOT_WEIGHTS_PREFIX}{adapter_name}."
         if marker in key:
-            return key.replace(marker, "copilot_model.")
+            return key.replace(marker, COPILOT_WEIGHTS_PREFIX)
         return super()._remove_adapter_name_from_key(key, adapter_name)
 
     @classmethod
@@ -183,7 +183,7 @@ class CopilotModel(BaseTuner):
         """Check every loaded tensor before any is assigned; on a problem, undo what building the adapter did to the
         Pilot (recreated LoRA layers) and refuse, so a failed load leaves the Pilot as it was."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        problem = weights_problem(model.state_dict(), remapped, f"copilot_model.{adapter_name}.")
+        problem = weights_problem(model.state_dict(), remapped, f"{COPILOT_WEIGHTS_PREFIX}{adapter_name}.")
         if problem is not None:
             next(m for m in model.modules() if isinstance(m, CopilotModel))._undo_injection()
             raise ValueError(f"The Copilot adapter file (adapter_model.safetensors) {problem}; nothing was loaded.")

@@ -9,7 +9,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..tuner import CopilotConfig
 from .algorithm import CopilotTrainerMixin, has_copilot
-from .config import CopilotSFTConfig
+from .sft_config import CopilotSFTConfig
 
 
 USABLE_COLUMN_SETS = (("text",), ("messages",), ("prompt", "completion"), ("prompt",), ("input_ids",))

@@ -1,18 +1,13 @@
-"""The trainers' configurations: the Copilot's optimiser, loss and Mistake Log settings
-(`CopilotTrainingArguments`) on top of TRL's `SFTConfig` (`CopilotSFTConfig`) or transformers'
-`Seq2SeqTrainingArguments` (`CopilotSeq2SeqConfig`)."""
+"""`CopilotTrainingArguments`: the Copilot's optimiser, loss and Mistake Log settings, shared by the trainers'
+configurations (`CopilotSFTConfig` in `sft_config.py`, `CopilotSeq2SeqConfig` in `seq2seq_config.py`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-from transformers import Seq2SeqTrainingArguments
-from trl import SFTConfig
-
 from ..fusion import OBJECTIVES
-from ..mistake_log import SAMPLING_POLICIES
+from ..mistake_log import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLING, DEFAULT_TOP_K, SAMPLING_POLICIES
 from ..tuner.config import OBJECTIVE_HELP
 
 
@@ -74,11 +69,13 @@ class CopilotTrainingArguments:
         default="auto",
         metadata={"help": "Which Pilot weights train: auto, full, adapter or none.", "choices": PILOT_TRAINING_MODES},
     )
-    mistake_log_max_rounds: int = field(default=128, metadata={"help": "Rounds kept in the Mistake Log."})
-    mistake_log_max_bytes: int = field(default=512 * 2**20, metadata={"help": "Byte budget of the Mistake Log."})
-    mistake_log_top_k: int = field(default=8, metadata={"help": "Top-k of p̂ kept per target token."})
+    mistake_log_max_rounds: int = field(
+        default=DEFAULT_MAX_ROUNDS, metadata={"help": "Rounds kept in the Mistake Log."}
+    )
+    mistake_log_max_bytes: int = field(default=DEFAULT_MAX_BYTES, metadata={"help": "Byte budget of the Mistake Log."})
+    mistake_log_top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Top-k of p̂ kept per target token."})
     mistake_log_sampling: str = field(
-        default="uniform",
+        default=DEFAULT_SAMPLING,
         metadata={"help": "Copilot training rows: current, uniform or newest.", "choices": SAMPLING_POLICIES},
     )
     mistake_log_sample_size: int | None = field(
@@ -103,37 +100,3 @@ class CopilotTrainingArguments:
             raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")
-
-
-@dataclass
-class CopilotSFTConfig(SFTConfig, CopilotTrainingArguments):
-    r"""
-    Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus the Copilot's settings
-    ([`CopilotTrainingArguments`]).
-
-    Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
-    loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
-    never materialises it).
-    """
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
-            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
-        super().__post_init__()
-        self.check_copilot_arguments()
-
-
-@dataclass
-class CopilotSeq2SeqConfig(Seq2SeqTrainingArguments, CopilotTrainingArguments):
-    r"""
-    Configuration of [`CopilotSeq2SeqTrainer`] (encoder-decoder Pilots such as T5): everything of transformers'
-    `Seq2SeqTrainingArguments`, plus the Copilot's settings ([`CopilotTrainingArguments`]).
-    """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_copilot_arguments()
-
-
-def _accelerator_supports_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
