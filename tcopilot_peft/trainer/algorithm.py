@@ -32,6 +32,7 @@ from ..fusion import IGNORE_INDEX, PilotPrediction
 from ..mistake_log import MistakeLog
 from ..tuner import CopilotConfig, CopilotModel
 from .checkpoint import CopilotCheckpointMixin
+from .model_card import COPILOT_TAGS
 from .parallel import check_distributed_mode, replicate_under_fsdp
 from .updater import CopilotUpdater
 
@@ -47,6 +48,8 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             networks = list(self.copilot_tuner.copilot_model.values())
             replicate_under_fsdp(self.accelerator.state.fsdp_plugin, self.model, networks, self.args.device)
         self.pilot_training = _set_pilot_trainable(self.copilot_tuner.model, self.args.train_pilot)
+        if hasattr(self.copilot_tuner.model, "add_model_tags"):  # PEFT's card update keeps the Pilot's tags
+            self.copilot_tuner.model.add_model_tags(list(COPILOT_TAGS))
         if self.args.copilot_loss is not None:
             _override_objective(self.copilot_tuner.active_config, self.args.copilot_loss)
         self.mistake_log = MistakeLog(

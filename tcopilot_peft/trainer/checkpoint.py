@@ -3,7 +3,8 @@ run reads it back.
 
 Beside the trainer's own files, a checkpoint holds the Copilot's optimiser, schedule and withheld-data position
 (`copilot_trainer_state.pt`), each process's Mistake Log (`mistake_log_rank{i}.safetensors` + `.json`) and, when the
-whole Pilot trains, the Pilot's weights (`pilot/`: a PEFT adapter holds only the Copilot).
+whole Pilot trains, the Pilot's weights (`pilot/`: a PEFT adapter holds only the Copilot). Every adapter folder the
+trainer writes, and its output folder, carries the Copilot's model card (`model_card.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..mistake_log import MistakeLog
+from .model_card import copilot_model_card
 
 
 COPILOT_STATE_NAME = "copilot_trainer_state.pt"
@@ -84,8 +86,20 @@ class CopilotCheckpointMixin:
             return
         self.mistake_log = log
 
+    def create_model_card(self, model_name: str | None = None, *args, **kwargs) -> None:
+        """The Copilot's card in the output folder, instead of the base trainer's draft (which names the Pilot only
+        when it is a Hub id, and says nothing of the Copilot or of how to load it)."""
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir, model_name)
+
+    def _write_model_card(self, output_dir: str, model_name: str | None = None) -> None:
+        card = copilot_model_card(self.model, self.state.log_history, model_name)
+        card.save(os.path.join(output_dir, "README.md"))
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
+        if self.args.should_save:  # replaces the blank card PEFT's `save_pretrained` has just written
+            self._write_model_card(output_dir or self.args.output_dir)
         # Under FSDP every process comes here (to join the gathering of `state_dict`); one writes.
         if self.pilot_training == "full" and self.args.should_save:
             # A PEFT adapter holds only the Copilot; a fully fine-tuned Pilot is saved beside it.
