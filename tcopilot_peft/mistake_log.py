@@ -30,7 +30,26 @@ import torch
 from .fusion import IGNORE_INDEX, PilotPrediction
 
 
-SAMPLING_POLICIES = ("current", "uniform", "newest")
+def _uniform_weights(rounds) -> torch.Tensor:
+    return torch.ones(sum(len(rows) for rows in rounds))
+
+
+def _newest_weights(rounds) -> torch.Tensor:
+    """Each row weighs its round's recency rank: the newest round weighs most."""
+    return torch.cat([torch.full((len(rows),), float(rank + 1)) for rank, rows in enumerate(rounds)])
+
+
+# The sampling policies that draw rows from the whole log, each as the per-row weights of `torch.multinomial` (a new
+# policy is one entry here).
+ROW_WEIGHTS = {"uniform": _uniform_weights, "newest": _newest_weights}
+# What the Copilot trains on each step: "current" the round just logged (the trainer then uses its exact p̂), or rows
+# drawn from the log by one of `ROW_WEIGHTS`.
+SAMPLING_POLICIES = ("current", *ROW_WEIGHTS)
+DEFAULT_SAMPLING = "uniform"
+# The log's bounds and top-k, shared by `MistakeLog` and the trainers' `mistake_log_*` arguments.
+DEFAULT_MAX_ROUNDS = 128  # as in the paper
+DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_TOP_K = 8
 ROW_FIELDS = ("input_ids", "targets", "hidden", "topk_probs", "topk_ids", "gold_log_probs", "source_ids")
 
 
@@ -91,9 +110,9 @@ class MistakeLog:
 
     def __init__(
         self,
-        max_rounds: int = 128,
-        max_bytes: int = 512 * 2**20,
-        top_k: int = 8,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        top_k: int = DEFAULT_TOP_K,
         hidden_dtype: torch.dtype = torch.bfloat16,
         seed: int = 0,
     ) -> None:
@@ -195,20 +214,17 @@ class MistakeLog:
     def bytes_per_token(self) -> float:
         return self.total_bytes / max(self.total_tokens, 1)
 
-    def sample(self, batch_size: int, policy: str = "uniform") -> MistakeLogBatch:
+    def sample(self, batch_size: int, policy: str = DEFAULT_SAMPLING) -> MistakeLogBatch:
         """Draw rows: `"current"` the newest round as is, `"uniform"` uniformly over all logged rows, `"newest"` with
         probability proportional to the round's recency rank (the newest round weighs most)."""
         if not self.rounds:
             raise ValueError("The Mistake Log is empty; append a round before sampling.")
+        if policy not in SAMPLING_POLICIES:
+            raise ValueError(f"Mistake Log sampling policy must be one of {SAMPLING_POLICIES}, got {policy!r}.")
         if policy == "current":
             return self.collate(self.rounds[-1])
         rows = [row for rows in self.rounds for row in rows]
-        if policy == "uniform":
-            weights = torch.ones(len(rows))
-        elif policy == "newest":
-            weights = torch.cat([torch.full((len(r),), float(rank + 1)) for rank, r in enumerate(self.rounds)])
-        else:
-            raise ValueError(f"Mistake Log sampling policy must be one of {SAMPLING_POLICIES}, got {policy!r}.")
+        weights = ROW_WEIGHTS[policy](self.rounds)
         picks = torch.multinomial(weights, batch_size, replacement=len(rows) < batch_size, generator=self.generator)
         return self.collate([rows[i] for i in picks.tolist()])
 

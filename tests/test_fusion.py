@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from tcopilot_peft.fusion import (
+    COPILOT_LOSSES,
     PilotPrediction,
     copilot_loss,
     error_distance,
@@ -216,3 +217,53 @@ def test_prob_fusion_backward_stays_finite_beside_non_finite_pilot_logits():
     fused = fuse_logits(z, correction, 1.0, "prob")
     fused[torch.isfinite(z)].sum().backward()
     assert torch.isfinite(correction.grad).all()
+
+
+@pytest.fixture
+def l1_objective():
+    """An objective registered in one place (the registry) for one test, then removed."""
+    from tcopilot_peft.fusion import OBJECTIVES, Objective, register_objective
+
+    objective = register_objective(
+        Objective(
+            name="l1_test",
+            help="the L1 distance to ℓ (a test objective)",
+            per_token=lambda f, y, p: (f - dense_error(p.probs(), y)).abs().sum(-1),
+            fusion_mode="prob",
+            inference_feed="pilot_error",
+            fusion_modes=("prob",),
+            diagnostics=("copilot_ce_skill",),
+        )
+    )
+    yield objective
+    del OBJECTIVES[objective.name]
+
+
+def test_a_registered_objective_is_a_choice_of_the_configs(l1_objective):
+    from typing import get_args, get_type_hints
+
+    from tcopilot_peft import CopilotConfig
+    from tcopilot_peft.trainer import CopilotSFTConfig
+
+    for config_class in (CopilotConfig, CopilotSFTConfig):
+        choices = get_args(get_args(get_type_hints(config_class)["copilot_loss"])[0])
+        assert choices[: len(COPILOT_LOSSES)] == COPILOT_LOSSES and "l1_test" in choices
+    config = CopilotConfig(copilot_loss="l1_test")
+    assert (config.fusion_mode, config.inference_feed) == ("prob", "pilot_error")  # the objective's own defaults
+    probs = torch.tensor([[0.5, 0.3, 0.2]])
+    correction = torch.tensor([[0.1, -0.2, 0.0]])
+    loss = copilot_loss(correction, torch.tensor([0]), dense(probs), kind="l1_test")
+    torch.testing.assert_close(loss, (correction - dense_error(probs, torch.tensor([0]))).abs().sum())
+
+
+def test_objectives_refuse_a_duplicate_name_or_an_unknown_fusion():
+    from tcopilot_peft.fusion import OBJECTIVES, Objective, register_objective
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective(OBJECTIVES["rmse"])
+    with pytest.raises(ValueError, match="fusion modes must be among"):
+        Objective("x", "x", error_distance, "sum", "copilot", ("sum",), ())
+    with pytest.raises(ValueError, match="inference_feed"):
+        Objective("x", "x", error_distance, "prob", "oracle", ("prob",), ())
+    defaults = {name: (o.fusion_mode, o.inference_feed) for name, o in OBJECTIVES.items()}
+    assert defaults == {"fused_ce": ("logit", "pilot_error"), "rmse": ("prob", "copilot"), "mse": ("prob", "copilot")}

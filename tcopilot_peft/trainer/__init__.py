@@ -1,12 +1,16 @@
-"""Joint Pilot–Copilot fine-tuning: `CopilotSFTTrainer` (TRL, causal LMs) and `CopilotSeq2SeqTrainer`
-(encoder-decoder Pilots), sharing the Copilot's side of Algorithm 1 (`CopilotTrainerMixin`) and its settings
-(`CopilotTrainingArguments`).
+"""Joint Pilot–Copilot fine-tuning, in TRL's layout: `CopilotSFTTrainer` (`sft_trainer.py`, TRL, causal LMs) with
+`CopilotSFTConfig` (`sft_config.py`), and `CopilotSeq2SeqTrainer` (`seq2seq_trainer.py`, encoder-decoder Pilots) with
+`CopilotSeq2SeqConfig` (`seq2seq_config.py`). Both share the Copilot's side of Algorithm 1 (`CopilotTrainerMixin`,
+`algorithm.py`), its checkpoints (`checkpoint.py`), its optimiser (`CopilotUpdater`, `updater.py`) and its settings
+(`CopilotTrainingArguments`, `arguments.py`).
 """
 
 from .algorithm import CopilotTrainerMixin
-from .config import CopilotSeq2SeqConfig, CopilotSFTConfig, CopilotTrainingArguments
-from .seq2seq import CopilotSeq2SeqTrainer
-from .trainer import CopilotSFTTrainer
+from .arguments import CopilotTrainingArguments
+from .seq2seq_config import CopilotSeq2SeqConfig
+from .seq2seq_trainer import CopilotSeq2SeqTrainer
+from .sft_config import CopilotSFTConfig
+from .sft_trainer import CopilotSFTTrainer
 from .updater import CopilotUpdater
 
 

@@ -11,7 +11,7 @@ from aenum import extend_enum
 from peft import PeftConfig
 from peft.utils import PeftType
 
-from ..fusion import COPILOT_LOSSES
+from ..fusion import DEFAULT_OBJECTIVE, FUSION_MODES, INFERENCE_FEEDS, OBJECTIVES
 from .checkpoint import check_adapter_weights
 
 
@@ -20,17 +20,11 @@ from .checkpoint import check_adapter_weights
 if "COPILOT" not in PeftType.__members__:
     extend_enum(PeftType, "COPILOT", "COPILOT")
 
-FUSION_MODES = ("logit", "prob")
 COPILOT_INITS = ("pilot_layers", "pretrained", "random")
-INFERENCE_FEEDS = ("copilot", "pilot_error")
-# What `fusion_mode` and `inference_feed` default to for each objective. The paper's objective keeps the paper's
-# probability-space fusion (Eq. 8) and Algorithm 2's feed; "fused_ce" is trained as logit fusion, and is fed at
-# inference what it reads in training.
-OBJECTIVE_DEFAULTS = {
-    "fused_ce": {"fusion_mode": "logit", "inference_feed": "pilot_error"},
-    "rmse": {"fusion_mode": "prob", "inference_feed": "copilot"},
-    "mse": {"fusion_mode": "prob", "inference_feed": "copilot"},
-}
+# The fields whose unset value means "the objective's own" (`Objective.fusion_mode`, `Objective.inference_feed`).
+OBJECTIVE_FIELDS = ("fusion_mode", "inference_feed")
+# `copilot_loss`'s help, one clause per registered objective (`fusion.OBJECTIVES`).
+OBJECTIVE_HELP = "Copilot objective: " + "; ".join(f"'{o.name}' {o.help}" for o in OBJECTIVES.values()) + "."
 
 
 @dataclass
@@ -82,10 +76,9 @@ class CopilotConfig(PeftConfig):
             Token indices whose embeddings train (read and written by TRL's `SFTTrainer` for added chat tokens).
     """
 
-    copilot_loss: Literal["fused_ce", "rmse", "mse"] | None = field(
-        default=None,
-        metadata={"help": "Copilot objective: 'fused_ce' (the default), or the paper's 'rmse' (Eq. 7), or 'mse'."},
-    )
+    # The choices are the registered objectives' names (the annotation is evaluated when read, e.g. by
+    # `HfArgumentParser`, through `typing.get_type_hints`).
+    copilot_loss: Literal[tuple(OBJECTIVES)] | None = field(default=None, metadata={"help": OBJECTIVE_HELP})
     num_layers: int | None = field(
         default=None, metadata={"help": "Copilot depth; defaults to a quarter of the Pilot's layers (at least 2)."}
     )
@@ -134,8 +127,8 @@ class CopilotConfig(PeftConfig):
     def __setattr__(self, name: str, value: Any) -> None:
         # Fusion settings may be changed on a live model (they take effect at the next forward), so they are checked
         # where they are set rather than deep inside the forward pass.
-        if name in ("fusion_mode", "inference_feed") and value is None and "copilot_loss" in self.__dict__:
-            value = OBJECTIVE_DEFAULTS.get(self.copilot_loss, {}).get(name)  # unset means the objective's default
+        if name in OBJECTIVE_FIELDS and value is None and self.__dict__.get("copilot_loss") in OBJECTIVES:
+            value = getattr(OBJECTIVES[self.copilot_loss], name)  # unset means the objective's default
         if name == "fusion_lambda":
             validate_fusion_lambda(value)
         elif name == "fusion_mode" and value is not None:
@@ -150,10 +143,12 @@ class CopilotConfig(PeftConfig):
         if self.copilot_loss is None:
             # Saved adapters carry `copilot_architecture`; one without `copilot_loss` predates the field, when every
             # Copilot was trained by regression onto ℓ.
-            self.copilot_loss = "rmse" if self.copilot_architecture is not None else "fused_ce"
-        if self.copilot_loss not in COPILOT_LOSSES:
-            raise ValueError(f"CopilotConfig.copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
-        for name in OBJECTIVE_DEFAULTS[self.copilot_loss]:
+            self.copilot_loss = "rmse" if self.copilot_architecture is not None else DEFAULT_OBJECTIVE
+        if self.copilot_loss not in OBJECTIVES:
+            raise ValueError(
+                f"CopilotConfig.copilot_loss must be one of {tuple(OBJECTIVES)}, got {self.copilot_loss!r}."
+            )
+        for name in OBJECTIVE_FIELDS:
             if getattr(self, name) is None:  # left unset while the objective was not known yet
                 setattr(self, name, None)
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):

@@ -25,6 +25,11 @@ from .cache import CopilotCacheView
 from .network import CopilotNetwork
 
 
+# Where the Copilot networks sit in the tuner layer: every Copilot weight's state-dict key holds this prefix, followed
+# by the adapter name in the model and without it in a saved adapter file.
+COPILOT_WEIGHTS_PREFIX = "copilot_model."
+
+
 class _PilotReference:
     """The Pilot, held without making it a submodule of the layer: the tuner owns it (and saves it, or not)."""
 
@@ -37,7 +42,7 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
     `requires_grad` per adapter, state-dict selection) treats the Copilot like any other tuner layer; runs the active
     one against the Pilot's embedding and LM head."""
 
-    adapter_layer_names = ("copilot_model",)
+    adapter_layer_names = (COPILOT_WEIGHTS_PREFIX.rstrip("."),)
 
     def __init__(self, pilot: nn.Module) -> None:
         super().__init__()

@@ -41,7 +41,7 @@ from .checkpoint import weights_problem
 from .config import CopilotConfig
 from .families import PilotFamily, family_of
 from .generation import Generating, generate
-from .layer import CopilotLayer
+from .layer import COPILOT_WEIGHTS_PREFIX, CopilotLayer
 from .network import CopilotNetwork
 from .pilot import build_copilot, check_pilot, is_encoder_decoder, pilot_signature, unwrap_lora_pilot
 from .seq2seq import Seq2SeqRunner
@@ -152,9 +152,9 @@ class CopilotModel(BaseTuner):
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        marker = f"copilot_model.{adapter_name}."
+        marker = f"{COPILOT_WEIGHTS_PREFIX}{adapter_name}."
         if marker in key:
-            return key.replace(marker, "copilot_model.")
+            return key.replace(marker, COPILOT_WEIGHTS_PREFIX)
         return super()._remove_adapter_name_from_key(key, adapter_name)
 
     @classmethod
@@ -162,7 +162,7 @@ class CopilotModel(BaseTuner):
         """Check every loaded tensor before any is assigned; on a problem, undo what building the adapter did to the
         Pilot (recreated LoRA layers) and refuse, so a failed load leaves the Pilot as it was."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        problem = weights_problem(model.state_dict(), remapped, f"copilot_model.{adapter_name}.")
+        problem = weights_problem(model.state_dict(), remapped, f"{COPILOT_WEIGHTS_PREFIX}{adapter_name}.")
         if problem is not None:
             next(m for m in model.modules() if isinstance(m, CopilotModel)).undo_injection()
             raise ValueError(f"The Copilot adapter file (adapter_model.safetensors) {problem}; nothing was loaded.")

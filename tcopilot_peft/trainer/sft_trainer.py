@@ -7,9 +7,11 @@ from dataclasses import fields
 
 from trl import SFTConfig, SFTTrainer
 
+from ..data import INSTRUCTION_COLUMNS, to_trl_format
 from ..tuner import CopilotConfig
 from .algorithm import CopilotTrainerMixin, has_copilot
-from .config import CopilotSFTConfig
+from .model_card import COPILOT_TAGS
+from .sft_config import CopilotSFTConfig
 
 
 USABLE_COLUMN_SETS = (("text",), ("messages",), ("prompt", "completion"), ("prompt",), ("input_ids",))
@@ -29,10 +31,11 @@ class CopilotSFTTrainer(CopilotTrainerMixin, SFTTrainer):
             The Copilot to create on a plain Pilot `model`.
         *pargs, **kwargs:
             Everything else is as for `trl.SFTTrainer` (`train_dataset`, `eval_dataset`, `processing_class`,
-            `callbacks`, ...).
+            `callbacks`, ...). Datasets are in one of TRL's forms, or LLM-Adapters `instruction`/`input`/`output`
+            rows, which become prompt/completion rows with the Alpaca template as `tcopilot train` makes them.
     """
 
-    _tag_names = ["trl", "sft", "transformer-copilot"]
+    _tag_names = ["trl", "sft", *COPILOT_TAGS]
 
     def __init__(
         self,
@@ -45,7 +48,8 @@ class CopilotSFTTrainer(CopilotTrainerMixin, SFTTrainer):
         args = _as_copilot_config(args)
         _refuse_unsupported_options(args)
         for split in ("train_dataset", "eval_dataset"):
-            _check_dataset_columns(kwargs.get(split), split)
+            if kwargs.get(split) is not None:
+                kwargs[split] = _as_trl_rows(kwargs[split], split)
         if not has_copilot(model) and not isinstance(peft_config, CopilotConfig):
             raise ValueError(
                 "CopilotSFTTrainer needs a Copilot: pass `get_peft_model(pilot, CopilotConfig())` as `model`, or a "
@@ -90,14 +94,17 @@ def _refuse_unsupported_options(args: CopilotSFTConfig) -> None:
             raise ValueError(f"CopilotSFTTrainer does not support `{option}`: {reason}.")
 
 
-def _check_dataset_columns(dataset, split: str) -> None:
-    if dataset is None or isinstance(dataset, dict):
-        return
+def _as_trl_rows(dataset, split: str):
+    """`dataset` in a form TRL's `SFTTrainer` reads: LLM-Adapters instruction rows become prompt/completion rows
+    (`data.to_trl_format`, as the CLI converts them), TRL's forms are kept, and a dataset with neither is refused."""
+    if isinstance(dataset, dict):  # named evaluation sets
+        return {name: _as_trl_rows(part, f"{split} {name!r}") for name, part in dataset.items()}
     columns = getattr(dataset, "column_names", None)
-    if columns is None:
-        return
-    if not any(all(c in columns for c in needed) for needed in USABLE_COLUMN_SETS):
-        raise ValueError(
-            f"The {split} has no usable columns: found {sorted(columns)}; expected 'text', 'messages', "
-            "'prompt' + 'completion', or tokenized 'input_ids'."
-        )
+    if columns is None or any(all(c in columns for c in needed) for needed in USABLE_COLUMN_SETS):
+        return dataset
+    if all(c in columns for c in INSTRUCTION_COLUMNS):
+        return to_trl_format(dataset)
+    raise ValueError(
+        f"The {split} has no usable columns: found {sorted(columns)}; expected 'text', 'messages', "
+        "'prompt' + 'completion', tokenized 'input_ids', or LLM-Adapters 'instruction' + 'output'."
+    )

@@ -1,17 +1,14 @@
-"""The trainers' configurations: the Copilot's optimiser, loss and Mistake Log settings
-(`CopilotTrainingArguments`) on top of TRL's `SFTConfig` (`CopilotSFTConfig`) or transformers'
-`Seq2SeqTrainingArguments` (`CopilotSeq2SeqConfig`)."""
+"""`CopilotTrainingArguments`: the Copilot's optimiser, loss and Mistake Log settings, shared by the trainers'
+configurations (`CopilotSFTConfig` in `sft_config.py`, `CopilotSeq2SeqConfig` in `seq2seq_config.py`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-import torch
-from transformers import Seq2SeqTrainingArguments
-from trl import SFTConfig
-
-from ..fusion import COPILOT_LOSSES
-from ..mistake_log import SAMPLING_POLICIES
+from ..fusion import OBJECTIVES
+from ..mistake_log import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROUNDS, DEFAULT_SAMPLING, DEFAULT_TOP_K, SAMPLING_POLICIES
+from ..tuner.config import OBJECTIVE_HELP
 
 
 PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
@@ -65,22 +62,20 @@ class CopilotTrainingArguments:
     copilot_lr_scheduler_type: str = field(default="cosine", metadata={"help": "The Copilot's LR schedule."})
     copilot_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the Copilot's AdamW."})
     copilot_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clip of the Copilot (0: off)."})
-    copilot_loss: str | None = field(
-        default=None,
-        metadata={
-            "help": "Override the adapter's Copilot loss: 'fused_ce', or the paper's 'rmse' (Eq. 7), or 'mse'.",
-            "choices": COPILOT_LOSSES,
-        },
+    copilot_loss: Literal[tuple(OBJECTIVES)] | None = field(
+        default=None, metadata={"help": "Override the adapter's objective for this run. " + OBJECTIVE_HELP}
     )
     train_pilot: str = field(
         default="auto",
         metadata={"help": "Which Pilot weights train: auto, full, adapter or none.", "choices": PILOT_TRAINING_MODES},
     )
-    mistake_log_max_rounds: int = field(default=128, metadata={"help": "Rounds kept in the Mistake Log."})
-    mistake_log_max_bytes: int = field(default=512 * 2**20, metadata={"help": "Byte budget of the Mistake Log."})
-    mistake_log_top_k: int = field(default=8, metadata={"help": "Top-k of p̂ kept per target token."})
+    mistake_log_max_rounds: int = field(
+        default=DEFAULT_MAX_ROUNDS, metadata={"help": "Rounds kept in the Mistake Log."}
+    )
+    mistake_log_max_bytes: int = field(default=DEFAULT_MAX_BYTES, metadata={"help": "Byte budget of the Mistake Log."})
+    mistake_log_top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Top-k of p̂ kept per target token."})
     mistake_log_sampling: str = field(
-        default="uniform",
+        default=DEFAULT_SAMPLING,
         metadata={"help": "Copilot training rows: current, uniform or newest.", "choices": SAMPLING_POLICIES},
     )
     mistake_log_sample_size: int | None = field(
@@ -93,8 +88,8 @@ class CopilotTrainingArguments:
 
     def check_copilot_arguments(self) -> None:
         """Refuse, by name, a Copilot setting out of range (called by each config's `__post_init__`)."""
-        if self.copilot_loss is not None and self.copilot_loss not in COPILOT_LOSSES:
-            raise ValueError(f"copilot_loss must be one of {COPILOT_LOSSES}, got {self.copilot_loss!r}.")
+        if self.copilot_loss is not None and self.copilot_loss not in OBJECTIVES:
+            raise ValueError(f"copilot_loss must be one of {tuple(OBJECTIVES)}, got {self.copilot_loss!r}.")
         if self.train_pilot not in PILOT_TRAINING_MODES:
             raise ValueError(f"train_pilot must be one of {PILOT_TRAINING_MODES}, got {self.train_pilot!r}.")
         if self.mistake_log_sampling not in SAMPLING_POLICIES:
@@ -105,37 +100,3 @@ class CopilotTrainingArguments:
             raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")
-
-
-@dataclass
-class CopilotSFTConfig(SFTConfig, CopilotTrainingArguments):
-    r"""
-    Configuration of [`CopilotSFTTrainer`]: everything of TRL's `SFTConfig`, plus the Copilot's settings
-    ([`CopilotTrainingArguments`]).
-
-    Defaults run on a CPU without extra flags: `bf16` is turned off when no accelerator supports it, and the Pilot's
-    loss is computed on full logits (the Mistake Log needs p̂ over the whole vocabulary; TRL's fused-LM-head loss
-    never materialises it).
-    """
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None and not self.fp16 and not _accelerator_supports_bf16():
-            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine would run slowly or not at all
-        super().__post_init__()
-        self.check_copilot_arguments()
-
-
-@dataclass
-class CopilotSeq2SeqConfig(Seq2SeqTrainingArguments, CopilotTrainingArguments):
-    r"""
-    Configuration of [`CopilotSeq2SeqTrainer`] (encoder-decoder Pilots such as T5): everything of transformers'
-    `Seq2SeqTrainingArguments`, plus the Copilot's settings ([`CopilotTrainingArguments`]).
-    """
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_copilot_arguments()
-
-
-def _accelerator_supports_bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -223,6 +223,32 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path):
         train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, mistake_log_max_bytes=64))
 
 
+def test_llm_adapters_rows_train_as_the_cli_converts_them(tmp_path):
+    from datasets import Dataset
+
+    from tcopilot_peft.data import to_trl_format
+
+    rows = [
+        {"instruction": f"Add {a} and {b}.", "input": "" if a < 3 else "numbers", "output": f" {a + b}"}
+        for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]
+    ]
+    converted = to_trl_format(Dataset.from_list(rows))
+
+    def prepared(dataset):
+        model = get_peft_model(pilot(), CopilotConfig())
+        args = copilot_args(tmp_path, max_steps=1, eval_strategy="no")
+        return CopilotSFTTrainer(
+            model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=TOKENIZER
+        )
+
+    trainer, reference = prepared(Dataset.from_list(rows)), prepared(converted)
+    for split in ("train_dataset", "eval_dataset"):
+        assert getattr(trainer, split).to_dict() == getattr(reference, split).to_dict()
+    assert "### Instruction:" in converted[0]["prompt"] and "### Input:" in converted[1]["prompt"]
+    trainer.train()
+    assert any("copilot_loss" in entry for entry in trainer.state.log_history)
+
+
 def test_non_finite_pilot_loss_skips_the_copilot_update(tmp_path):
     model = get_peft_model(pilot(), CopilotConfig())
     trainer = CopilotSFTTrainer(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from transformers import Seq2SeqTrainer
 
 from .algorithm import CopilotTrainerMixin, has_copilot
-from .config import CopilotSeq2SeqConfig
+from .seq2seq_config import CopilotSeq2SeqConfig
 
 
 class CopilotSeq2SeqTrainer(CopilotTrainerMixin, Seq2SeqTrainer):

@@ -1,0 +1,48 @@
+"""Fusion, error and loss math of Transformer Copilot, as small pure functions.
+
+Notation: `z` are the Pilot's next-token logits, `p̂ = softmax(z)`, `y` the gold next token, and the Pilot's
+token-level error is ℓ = onehot(y) − p̂ (the paper's Eq. 4). The Copilot outputs a correction `f` over the vocabulary,
+which inference fuses into the Pilot's prediction (logit space z + λf, or the paper's probability space, Eq. 8). What
+`f` learns depends on the objective: by default the log-odds correction that minimises the fused prediction's
+cross-entropy (`"fused_ce"`); with the paper's objective, a regression of ℓ itself (`"rmse"`, Eq. 7).
+
+- `fuse.py`: fusing `f` into `z` (`fuse_logits`) and where the Pilot's prediction is undefined;
+- `prediction.py`: the Pilot's prediction p̂ (`PilotPrediction`) and the error the Copilot reads (`error_embedding`);
+- `objectives.py`: the training objectives (`OBJECTIVES`, `register_objective`, `copilot_loss`).
+"""
+
+from .fuse import FUSION_MODES, fuse_logits, undefined_predictions
+from .objectives import (
+    COPILOT_LOSSES,
+    DEFAULT_OBJECTIVE,
+    INFERENCE_FEEDS,
+    OBJECTIVES,
+    Objective,
+    copilot_loss,
+    error_distance,
+    fused_cross_entropy,
+    get_objective,
+    register_objective,
+)
+from .prediction import IGNORE_INDEX, PilotPrediction, error_embedding, shift_targets
+
+
+__all__ = [
+    "COPILOT_LOSSES",
+    "DEFAULT_OBJECTIVE",
+    "FUSION_MODES",
+    "IGNORE_INDEX",
+    "INFERENCE_FEEDS",
+    "OBJECTIVES",
+    "Objective",
+    "PilotPrediction",
+    "copilot_loss",
+    "error_distance",
+    "error_embedding",
+    "fuse_logits",
+    "fused_cross_entropy",
+    "get_objective",
+    "register_objective",
+    "shift_targets",
+    "undefined_predictions",
+]
