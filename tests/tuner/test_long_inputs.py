@@ -84,7 +84,9 @@ class PoisonedLogits:
 
     def _positions(self, module, args, kwargs) -> None:
         cache = kwargs.get(CACHE_FIELD)  # transformers names the cache argument as it names the output field
-        self.end = (cache.get_seq_length() if cache is not None else 0) + kwargs["input_ids"].shape[1]
+        # The runner embeds once and hands the decoder `inputs_embeds`; T5's decoder still gets ids.
+        tokens = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        self.end = (cache.get_seq_length() if cache is not None else 0) + tokens.shape[1]
 
     def _poison(self, module, args, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.clone()
