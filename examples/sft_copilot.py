@@ -12,11 +12,10 @@ the LLM-Adapters instruction/input/output form. Every `CopilotSFTConfig` (and so
 
 from dataclasses import dataclass, field
 
-from peft import get_peft_model
 from transformers import HfArgumentParser
 
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
-from tcopilot_peft.commands import load_pilot, load_tokenizer
+from tcopilot_peft.commands import add_copilot, load_pilot, load_tokenizer
 from tcopilot_peft.data import load_any_dataset, to_trl_format
 
 
@@ -59,7 +58,7 @@ def main() -> None:
         fusion_lambda=script_args.fusion_lambda,
         dropout=script_args.copilot_dropout,
     )
-    model = get_peft_model(pilot, copilot_config)
+    model = add_copilot(pilot, copilot_config)
     model.print_trainable_parameters()
     trainer = CopilotSFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import torch
 
-from .cli import UsageError
+from .cli import UsageError, add_command_parser
 from .fusion import COPILOT_LOSSES
 from .generation import generate_arms
 from .tuner.config import FUSION_MODES
@@ -93,6 +94,20 @@ def load_pilot(
     return pilot
 
 
+def add_copilot(pilot, config):
+    """`get_peft_model(pilot, config)` for a Copilot `config`, on a plain or a LoRA-tuned Pilot.
+
+    PEFT warns "You are trying to modify a model with PEFT for a second time" whenever the model already holds PEFT
+    layers. A Copilot on a LoRA-tuned Pilot is meant to keep those layers (its adapter records the LoRA config and
+    re-creates it on loading), so for this call the warning says nothing true and is silenced.
+    """
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are trying to modify a model with PEFT for a second time")
+        return get_peft_model(pilot, config)
+
+
 def default_lora_targets(pilot) -> list[str] | str:
     """Every linear layer of a T5 (its names differ), the attention and MLP projections of a Llama-family Pilot."""
     if pilot.config.is_encoder_decoder:
@@ -119,9 +134,9 @@ def looks_local(name: str) -> bool:
 
 
 def register_train(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "train",
-        help="fine-tune a Pilot with a Transformer Copilot (Algorithm 1)",
         description="Joint Pilot + Copilot supervised fine-tuning on a local JSON/JSONL file or a datasets name, "
         "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form.",
     )
@@ -133,22 +148,20 @@ def register_train(subparsers) -> None:
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
     parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
     add_objective_arguments(parser)
-    parser.add_argument("--fusion-lambda", type=float, default=1.0)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--copilot-learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--fusion-lambda", type=float, default=1.0, help="correction strength λ (0 is the Pilot)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="training epochs")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs)")
+    parser.add_argument("--batch-size", type=int, default=4, help="rows per device and step")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=4, help="micro-batches per update")
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate of the Pilot")
+    parser.add_argument("--copilot-learning-rate", type=float, default=1e-3, help="peak learning rate of the Copilot")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per training row")
+    parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps")
+    parser.add_argument("--seed", type=int, default=42, help="random seed")
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from peft import get_peft_model
-
     from .data import load_any_dataset, to_trl_format
     from .trainer import CopilotSFTConfig, CopilotSFTTrainer
     from .tuner import CopilotConfig
@@ -160,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, lora_r=args.lora_r)
-    model = get_peft_model(
+    model = add_copilot(
         pilot,
         CopilotConfig(
             num_layers=args.copilot_layers,
@@ -234,19 +247,19 @@ def seq2seq_trainer(model, tokenizer, dataset, options: dict, max_length: int):
 
 
 def register_generate(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "generate",
-        help="generate with a Pilot and its Copilot, beside the Pilot alone",
         description="Load a Pilot and a saved Copilot adapter; print, per prompt, the Pilot's and the fused output.",
     )
     parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
     parser.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam-search width (1: greedy)")
     parser.add_argument("--fusion-lambda", type=float, help="override the adapter's λ")
-    parser.add_argument("--load-in-4bit", action="store_true")
+    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (bitsandbytes)")
     parser.set_defaults(handler=run_generate)
 
 
