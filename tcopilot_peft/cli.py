@@ -72,9 +72,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_command_parser(subparsers, name: str, description: str) -> argparse.ArgumentParser:
+def add_command_parser(subparsers, name: str, description: str, **kwargs) -> argparse.ArgumentParser:
     """A subcommand's parser with the shared help layout (defaults shown) and its summary from `COMMANDS`."""
-    return subparsers.add_parser(name, help=COMMANDS[name][1], description=description, formatter_class=HelpFormatter)
+    return subparsers.add_parser(
+        name, help=COMMANDS[name][1], description=description, formatter_class=HelpFormatter, **kwargs
+    )
 
 
 def chosen_command(argv: list[str]) -> str | None:

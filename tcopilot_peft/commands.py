@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import types
+import typing
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 
@@ -133,83 +137,146 @@ def looks_local(name: str) -> bool:
 # ---------------------------------------------------------------------- tcopilot train
 
 
+@dataclass
+class TrainArguments:
+    """What `tcopilot train` reads besides the Copilot's and the trainer's settings, whose options are generated from
+    `CopilotConfig` and `CopilotSFTConfig` (`train_dataclasses`)."""
+
+    _argument_group_name = "model and data"
+
+    model: str = field(metadata={"help": "Pilot: local directory or hub id"})
+    dataset: str = field(metadata={"help": "local .json/.jsonl file or a datasets name"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: --model's)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the Pilot (0: train all its weights)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "quantize the Pilot to 4 bits (QLoRA)"})
+
+
+# The command's own defaults where they differ from `CopilotSFTConfig`'s: LoRA's usual learning rate, and a batch
+# and length a CPU runs.
+TRAIN_DEFAULTS = dict(learning_rate=2e-4, per_device_train_batch_size=4, gradient_accumulation_steps=4, max_length=256)
+# Short spellings kept from before the options were generated: option -> (the field it sets, its type).
+TRAIN_ALIASES = {"--batch-size": ("per_device_train_batch_size", int), "--epochs": ("num_train_epochs", float)}
+
+
+def copilot_options() -> type:
+    """A dataclass of the `CopilotConfig` fields a user sets, with their help and defaults: PEFT's bookkeeping fields
+    and those filled in when the adapter is created are left out, and `copilot_loss` is the trainer's option (which
+    sets both). `--num-layers` is also `--copilot-layers` (the spelling before the options were generated)."""
+    from peft import PeftConfig
+
+    from .trainer import CopilotSFTConfig
+    from .tuner import CopilotConfig
+
+    hints = typing.get_type_hints(CopilotConfig)
+    skipped = set(PeftConfig.__dataclass_fields__) | set(CopilotSFTConfig.__dataclass_fields__)
+    specs = []
+    for spec in dataclasses.fields(CopilotConfig):
+        if spec.name in skipped or spec.metadata.get("help", "").startswith("Set on creation"):
+            continue
+        metadata = dict(
+            spec.metadata,
+            **({"aliases": ["--copilot-layers", "--copilot_layers"]} if spec.name == "num_layers" else {}),
+        )
+        specs.append((spec.name, _cli_type(hints[spec.name]), field(default=spec.default, metadata=metadata)))
+    return dataclasses.make_dataclass(
+        "CopilotOptions", specs, namespace={"_argument_group_name": "Copilot (CopilotConfig)"}
+    )
+
+
+def _cli_type(hint):
+    """`X | Y | None` -> `X | None`: the command line takes the first form of a field that accepts several."""
+    members = [member for member in typing.get_args(hint) if member is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(members) > 1:
+        return members[0] | None
+    return hint
+
+
+def train_dataclasses() -> tuple[type, type, type]:
+    """The dataclasses `tcopilot train`'s options come from: `TrainArguments`, the Copilot's, the trainer's."""
+    from .trainer import CopilotSFTConfig
+
+    return TrainArguments, copilot_options(), CopilotSFTConfig
+
+
 def register_train(subparsers) -> None:
+    from transformers import HfArgumentParser
+
     parser = add_command_parser(
         subparsers,
         "train",
         description="Joint Pilot + Copilot supervised fine-tuning on a local JSON/JSONL file or a datasets name, "
-        "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form.",
+        "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form. Every field of "
+        "CopilotConfig and CopilotSFTConfig (TRL's SFTConfig, transformers' TrainingArguments) is an option, "
+        "spelt with - or _; --output-dir is required.",
+        parents=[HfArgumentParser(train_dataclasses(), add_help=False)],
     )
-    parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
-    parser.add_argument("--dataset", required=True, help="local .json/.jsonl file or a datasets name")
-    parser.add_argument("--output-dir", required=True, help="where checkpoints and the final adapter go")
-    parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
-    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the Pilot (0: train all its weights)")
-    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
-    parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
-    add_objective_arguments(parser)
-    parser.add_argument("--fusion-lambda", type=float, default=1.0, help="correction strength λ (0 is the Pilot)")
-    parser.add_argument("--epochs", type=float, default=3.0, help="training epochs")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs)")
-    parser.add_argument("--batch-size", type=int, default=4, help="rows per device and step")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=4, help="micro-batches per update")
-    parser.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate of the Pilot")
-    parser.add_argument("--copilot-learning-rate", type=float, default=1e-3, help="peak learning rate of the Copilot")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per training row")
-    parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps")
-    parser.add_argument("--seed", type=int, default=42, help="random seed")
-    parser.set_defaults(handler=run_train)
+    for alias, (dest, kind) in TRAIN_ALIASES.items():
+        option = "--" + dest.replace("_", "-")
+        parser.add_argument(alias, dest=dest, type=kind, default=argparse.SUPPRESS, help=f"the same as {option}")
+    parser.set_defaults(handler=run_train, **TRAIN_DEFAULTS)
+
+
+def parse_train_options(args: argparse.Namespace):
+    """`(TrainArguments, CopilotConfig, CopilotSFTConfig)` from the parsed command line, as
+    `HfArgumentParser.parse_args_into_dataclasses` builds them."""
+    from .tuner import CopilotConfig
+
+    if args.output_dir is None:
+        raise UsageError("--output-dir is required")
+    built = [
+        dtype(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(dtype) if spec.init})
+        for dtype in train_dataclasses()
+    ]
+    script, options, training = built
+    try:
+        copilot = CopilotConfig(copilot_loss=training.copilot_loss, **dataclasses.asdict(options))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return script, copilot, training
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .data import load_any_dataset, to_trl_format
-    from .trainer import CopilotSFTConfig, CopilotSFTTrainer
-    from .tuner import CopilotConfig
+    from .trainer import CopilotSFTTrainer
 
-    check_model_path(args.model)
     try:
-        dataset = to_trl_format(load_any_dataset(args.dataset))
+        script, copilot_config, training = parse_train_options(args)
+    except ValueError as error:  # a TrainingArguments check (its __post_init__)
+        raise UsageError(str(error)) from error
+    check_model_path(script.model)
+    try:
+        dataset = to_trl_format(load_any_dataset(script.dataset))
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, lora_r=args.lora_r)
-    model = add_copilot(
-        pilot,
-        CopilotConfig(
-            num_layers=args.copilot_layers,
-            copilot_loss=args.copilot_loss,
-            fusion_mode=args.fusion_mode,
-            fusion_lambda=args.fusion_lambda,
-        ),
-    )
-    options = dict(
-        output_dir=args.output_dir,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        copilot_learning_rate=args.copilot_learning_rate,
-        save_steps=args.save_steps,
-        logging_steps=10,
-        seed=args.seed,
-        report_to=[],
-    )
+    tokenizer = load_tokenizer(script.tokenizer or script.model)
+    pilot = load_pilot(script.model, load_in_4bit=script.load_in_4bit, lora_r=script.lora_r)
+    model = add_copilot(pilot, copilot_config)
     if model.base_model.encoder_decoder:
-        trainer = seq2seq_trainer(model, tokenizer, dataset, options, args.max_length)
+        trainer = seq2seq_trainer(model, tokenizer, dataset, seq2seq_options(args), training.max_length)
     else:
-        config = CopilotSFTConfig(max_length=args.max_length, **options)
-        trainer = CopilotSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        trainer = CopilotSFTTrainer(model=model, args=training, train_dataset=dataset, processing_class=tokenizer)
     try:
         trainer.train()
     except KeyboardInterrupt:
-        where = os.path.join(args.output_dir, f"interrupted-step-{trainer.state.global_step}")
+        where = os.path.join(training.output_dir, f"interrupted-step-{trainer.state.global_step}")
         trainer.save_model(where)
         print(f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where}", file=sys.stderr)
         return 130
-    trainer.save_model(args.output_dir)
-    print(f"saved the Copilot adapter to {args.output_dir}")
+    trainer.save_model(training.output_dir)
+    print(f"saved the Copilot adapter to {training.output_dir}")
     return 0
+
+
+def seq2seq_options(args: argparse.Namespace) -> dict:
+    """`CopilotSeq2SeqConfig` keyword arguments for an encoder-decoder Pilot: the options set on the command line (or
+    by the command's defaults) that it shares with `CopilotSFTConfig`; the rest keep `Seq2SeqTrainingArguments`'
+    own defaults (TRL's SFT defaults, such as gradient checkpointing, are not carried over)."""
+    from .trainer import CopilotSeq2SeqConfig, CopilotSFTConfig
+
+    sft_defaults = {spec.name: spec.default for spec in dataclasses.fields(CopilotSFTConfig)}
+    shared = [spec.name for spec in dataclasses.fields(CopilotSeq2SeqConfig) if spec.init and hasattr(args, spec.name)]
+    chosen = {name: getattr(args, name) for name in shared if getattr(args, name) != sft_defaults.get(name)}
+    return {"logging_steps": args.logging_steps, **chosen}
 
 
 def seq2seq_trainer(model, tokenizer, dataset, options: dict, max_length: int):

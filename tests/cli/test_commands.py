@@ -12,7 +12,7 @@ from tcopilot_peft.data import alpaca_prompt, load_any_dataset, to_trl_format
 from tests.conftest import char_tokenizer, tiny_pilot, tiny_t5
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
