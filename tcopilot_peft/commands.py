@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import shutil
 import sys
 import types
 import typing
@@ -149,6 +151,20 @@ class TrainArguments:
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: --model's)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the Pilot (0: train all its weights)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "quantize the Pilot to 4 bits (QLoRA)"})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "train into a non-empty --output-dir: its checkpoint-N folders are deleted first (so a later "
+            "--resume cannot pick up the old run) and files of the same names are replaced"
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue from the last checkpoint-N in --output-dir (the Pilot, the Copilot, their optimisers "
+            "and the Mistake Log come back); --max-steps/--epochs count the whole run"
+        },
+    )
 
 
 # The command's own defaults where they differ from `CopilotSFTConfig`'s: LoRA's usual learning rate, and a batch
@@ -223,11 +239,17 @@ def parse_train_options(args: argparse.Namespace):
 
     if args.output_dir is None:
         raise UsageError("--output-dir is required")
-    built = [
+    script_type, options_type, training_type = train_dataclasses()
+    script, options = (
         dtype(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(dtype) if spec.init})
-        for dtype in train_dataclasses()
-    ]
-    script, options, training = built
+        for dtype in (script_type, options_type)
+    )
+    given = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(training_type) if spec.init}
+    if given["activation_checkpointing"] is None:
+        # TRL sets `gradient_checkpointing`, which transformers 5 renamed: pass it under the new name, as
+        # `TrainingArguments` itself would after a FutureWarning the user could do nothing about.
+        given["activation_checkpointing"], given["gradient_checkpointing"] = given["gradient_checkpointing"], None
+    training = training_type(**given)
     try:
         copilot = CopilotConfig(copilot_loss=training.copilot_loss, **dataclasses.asdict(options))
     except ValueError as error:
@@ -243,6 +265,7 @@ def run_train(args: argparse.Namespace) -> int:
         script, copilot_config, training = parse_train_options(args)
     except ValueError as error:  # a TrainingArguments check (its __post_init__)
         raise UsageError(str(error)) from error
+    resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
     check_model_path(script.model)
     try:
         dataset = to_trl_format(load_any_dataset(script.dataset))
@@ -255,16 +278,46 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = seq2seq_trainer(model, tokenizer, dataset, seq2seq_options(args), training.max_length)
     else:
         trainer = CopilotSFTTrainer(model=model, args=training, train_dataset=dataset, processing_class=tokenizer)
+    if resume_from:
+        print(f"tcopilot train: resuming from {resume_from}", file=sys.stderr)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
         where = os.path.join(training.output_dir, f"interrupted-step-{trainer.state.global_step}")
         trainer.save_model(where)
-        print(f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where}", file=sys.stderr)
+        print(
+            f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where} (rerun with --resume to "
+            "continue from the last checkpoint-N)",
+            file=sys.stderr,
+        )
         return 130
     trainer.save_model(training.output_dir)
     print(f"saved the Copilot adapter to {training.output_dir}")
     return 0
+
+
+def prepare_output_dir(output_dir: str, script: TrainArguments) -> str | None:
+    """Refuse to train over a non-empty folder unless `--overwrite` or `--resume` says what to do with it; returns
+    the checkpoint to resume from (with `--resume`), else None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if script.overwrite and script.resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    held = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if script.resume:
+        last = get_last_checkpoint(output_dir) if held else None
+        if last is None:
+            raise UsageError(f"--resume: {output_dir} holds no checkpoint-N folder to resume from")
+        return last
+    if held and not script.overwrite:
+        raise UsageError(
+            f"--output-dir {output_dir} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}"
+            "); give --overwrite to train over it, or --resume to continue its last checkpoint"
+        )
+    for name in held:
+        if re.fullmatch(r"checkpoint-\d+", name) and os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name))
+    return None
 
 
 def seq2seq_options(args: argparse.Namespace) -> dict:
