@@ -114,6 +114,19 @@ def add_copilot(pilot, config):
         return get_peft_model(pilot, config)
 
 
+def load_copilot_adapter(pilot, adapter: str):
+    """`PeftModel.from_pretrained(pilot, adapter)`, with what a user can fix (no such folder, no adapter_config.json,
+    a Copilot trained for another Pilot family or shape, an unreadable weights file) as one-line `UsageError`s."""
+    from peft import PeftModel
+
+    if not os.path.isdir(adapter):
+        raise UsageError(f"adapter directory not found: {adapter}")
+    try:
+        return PeftModel.from_pretrained(pilot, adapter)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the Copilot adapter {adapter!r}: {str(error).splitlines()[0]}") from error
+
+
 def default_lora_targets(pilot) -> list[str] | str:
     """Every linear layer of a T5 (its names differ), the attention and MLP projections of a Llama-family Pilot."""
     if pilot.config.is_encoder_decoder:
@@ -265,8 +278,8 @@ def run_train(args: argparse.Namespace) -> int:
         script, copilot_config, training = parse_train_options(args)
     except ValueError as error:  # a TrainingArguments check (its __post_init__)
         raise UsageError(str(error)) from error
-    resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
     check_model_path(script.model)
+    resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
     try:
         dataset = to_trl_format(load_any_dataset(script.dataset))
     except (FileNotFoundError, ValueError) as error:
@@ -384,13 +397,11 @@ def register_generate(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     tokenizer.padding_side = "left"
-    model = PeftModel.from_pretrained(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
+    model = load_copilot_adapter(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
     if args.fusion_lambda is not None:
         model.peft_config[model.active_adapter].fusion_lambda = args.fusion_lambda
     settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)

@@ -123,9 +123,8 @@ def register_explain(subparsers) -> None:
 def load_model(args: argparse.Namespace):
     """The Pilot with its Copilot adapter, in eval mode on the chosen device, and its tokenizer."""
     import torch
-    from peft import PeftModel
 
-    from ..commands import load_pilot, load_tokenizer
+    from ..commands import load_copilot_adapter, load_pilot, load_tokenizer
 
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
@@ -134,11 +133,7 @@ def load_model(args: argparse.Namespace):
         tokenizer = load_tokenizer(tokenizer_source)
     except OSError as error:
         raise UsageError(f"cannot load tokenizer {tokenizer_source!r}: {str(error).splitlines()[0]}") from error
-    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit)
-    try:
-        model = PeftModel.from_pretrained(pilot, args.adapter)
-    except (OSError, ValueError) as error:  # no adapter_config.json, or a Copilot for another Pilot shape
-        raise UsageError(f"cannot load the Copilot adapter {args.adapter!r}: {str(error).splitlines()[0]}") from error
+    model = load_copilot_adapter(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter)
     config = model.peft_config[model.active_adapter]
     try:
         if args.fusion_lambda is not None:
