@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
-from tcopilot_peft.commands import add_copilot, copilot_options, load_pilot, load_tokenizer
+from tcopilot_peft.commands import GGUF_FILE_HELP, add_copilot, copilot_options, load_pilot, load_tokenizer
 from tcopilot_peft.data import load_any_dataset, to_trl_format
 
 
@@ -32,6 +32,7 @@ class ScriptArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit Pilot (QLoRA with --use_lora)."})
+    gguf_file: str | None = field(default=None, metadata={"help": GGUF_FILE_HELP})
 
 
 def main() -> None:
@@ -40,9 +41,13 @@ def main() -> None:
     parser = HfArgumentParser((ScriptArguments, copilot_options(), CopilotSFTConfig))
     script_args, copilot_args, training_args = parser.parse_args_into_dataclasses()
     dataset = to_trl_format(load_any_dataset(script_args.dataset_name, split=script_args.dataset_split))
-    tokenizer = load_tokenizer(script_args.tokenizer_name_or_path or script_args.model_name_or_path)
+    tokenizer = load_tokenizer(
+        script_args.tokenizer_name_or_path or script_args.model_name_or_path,
+        None if script_args.tokenizer_name_or_path else script_args.gguf_file,
+    )
     pilot = load_pilot(
         script_args.model_name_or_path,
+        gguf_file=script_args.gguf_file,
         load_in_4bit=script_args.load_in_4bit,
         lora_r=script_args.lora_r if script_args.use_lora else 0,
         lora_alpha=script_args.lora_alpha,

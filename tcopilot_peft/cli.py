@@ -48,6 +48,7 @@ COMMANDS = {
         "tcopilot_peft.evaluation.cli:register_explain",
         "draw the Copilot's token-level corrections (the paper's Figures 3 and 4)",
     ),
+    "convert": ("tcopilot_peft.gguf_pilot:register_convert", "save a GGUF Pilot as a normal model folder"),
 }
 
 # bitsandbytes' CPU backend logs a kernel-download warning when it is imported (PEFT imports it); it concerns only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -21,6 +22,12 @@ from .generation import generate_arms
 from .tuner.config import FUSION_MODES
 
 
+GGUF_FILE_HELP = (
+    "read the Pilot (and, without --tokenizer, its tokenizer) from this GGUF file in the --model folder or hub repo "
+    "(transformers dequantizes it; needs pip install 'tcopilot_peft[gguf]')"
+)
+
+
 def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
     """`--copilot-loss` and `--fusion-mode`, shared by `tcopilot train` and `tcopilot demo`."""
     parser.add_argument(
@@ -32,17 +39,25 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
 
 
-def check_model_path(name_or_path: str) -> None:
+def check_model_path(name_or_path: str, gguf_file: str | None = None) -> None:
+    """Refuse a local model path (or GGUF file in it) that does not exist, and a GGUF file without `gguf`."""
     if looks_local(name_or_path) and not os.path.exists(name_or_path):
         raise UsageError(f"model path not found: {name_or_path}")
+    if gguf_file is None:
+        return
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, gguf_file)):
+        raise UsageError(f"GGUF file not found: {os.path.join(name_or_path, gguf_file)}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError("reading a GGUF file needs the gguf package: pip install 'tcopilot_peft[gguf]'")
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+    """The tokenizer of a local directory or hub id (or of a GGUF file in it), with a pad token."""
     from transformers import AutoTokenizer
 
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
     except OSError as error:
         raise UsageError(f"cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}") from error
     if tokenizer.pad_token is None:
@@ -59,9 +74,11 @@ def load_pilot(
     lora_dropout: float = 0.05,
     lora_target_modules: list[str] | None = None,
     dtype: str = "auto",
+    gguf_file: str | None = None,
 ):
-    """A Pilot (causal LM, or encoder-decoder such as T5) from a local directory or hub id, optionally quantized
-    (bitsandbytes) and/or with LoRA.
+    """A Pilot (causal LM, or encoder-decoder such as T5) from a local directory or hub id, or from the GGUF file
+    `gguf_file` in it (transformers dequantizes it to a plain model), optionally quantized (bitsandbytes) and/or
+    with LoRA.
 
     A quantized Pilot trains only through LoRA (QLoRA), so `load_in_4bit`/`load_in_8bit` with `lora_r=0` gives a
     Pilot that can carry a Copilot for inference or a Copilot-only phase, not Pilot training.
@@ -69,7 +86,7 @@ def load_pilot(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, gguf_file)
     quantization = None
     if load_in_4bit or load_in_8bit:
         quantization = BitsAndBytesConfig(
@@ -79,10 +96,13 @@ def load_pilot(
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
         )
     try:
-        pilot = pilot_class(name_or_path).from_pretrained(
-            name_or_path, quantization_config=quantization, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+        pilot = pilot_class(name_or_path, gguf_file).from_pretrained(
+            name_or_path,
+            gguf_file=gguf_file,
+            quantization_config=quantization,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a missing file, or a GGUF architecture transformers cannot read
         raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     if quantization is not None and lora_r:
         pilot = prepare_model_for_kbit_training(pilot, use_gradient_checkpointing=False)
@@ -134,12 +154,12 @@ def default_lora_targets(pilot) -> list[str] | str:
     return ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
-def pilot_class(name_or_path: str):
+def pilot_class(name_or_path: str, gguf_file: str | None = None):
     """`AutoModelForSeq2SeqLM` for an encoder-decoder checkpoint (T5), else `AutoModelForCausalLM`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, gguf_file=gguf_file)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
@@ -164,6 +184,7 @@ class TrainArguments:
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: --model's)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the Pilot (0: train all its weights)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "quantize the Pilot to 4 bits (QLoRA)"})
+    gguf_file: str | None = field(default=None, metadata={"help": GGUF_FILE_HELP})
     overwrite: bool = field(
         default=False,
         metadata={
@@ -278,14 +299,16 @@ def run_train(args: argparse.Namespace) -> int:
         script, copilot_config, training = parse_train_options(args)
     except ValueError as error:  # a TrainingArguments check (its __post_init__)
         raise UsageError(str(error)) from error
-    check_model_path(script.model)
+    check_model_path(script.model, script.gguf_file)
     resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
     try:
         dataset = to_trl_format(load_any_dataset(script.dataset))
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
-    tokenizer = load_tokenizer(script.tokenizer or script.model)
-    pilot = load_pilot(script.model, load_in_4bit=script.load_in_4bit, lora_r=script.lora_r)
+    tokenizer = load_tokenizer(script.tokenizer or script.model, None if script.tokenizer else script.gguf_file)
+    pilot = load_pilot(
+        script.model, load_in_4bit=script.load_in_4bit, lora_r=script.lora_r, gguf_file=script.gguf_file
+    )
     model = add_copilot(pilot, copilot_config)
     if model.base_model.encoder_decoder:
         trainer = seq2seq_trainer(model, tokenizer, dataset, seq2seq_options(args), training.max_length)
@@ -389,6 +412,7 @@ def register_generate(subparsers) -> None:
     parser.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
+    parser.add_argument("--gguf-file", help=GGUF_FILE_HELP)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer")
     parser.add_argument("--num-beams", type=int, default=1, help="beam-search width (1: greedy)")
     parser.add_argument("--fusion-lambda", type=float, help="override the adapter's λ")
@@ -399,9 +423,10 @@ def register_generate(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model, None if args.tokenizer else args.gguf_file)
     tokenizer.padding_side = "left"
-    model = load_copilot_adapter(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
+    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, gguf_file=args.gguf_file)
+    model = load_copilot_adapter(pilot, args.adapter).eval()
     if args.fusion_lambda is not None:
         model.peft_config[model.active_adapter].fusion_lambda = args.fusion_lambda
     settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)

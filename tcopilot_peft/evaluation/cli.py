@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..cli import UsageError, add_command_parser
+from ..commands import GGUF_FILE_HELP
 from ..tuner.config import FUSION_MODES
 from .benchmarks import DataError, LoadedBenchmark, get_benchmark, load_benchmark, resolve_sources
 
@@ -31,6 +32,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", required=True, help="the Pilot: a local directory or a hub id")
     group.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     group.add_argument("--tokenizer", help="tokenizer directory or hub id (default: --model)")
+    group.add_argument("--gguf-file", help=GGUF_FILE_HELP)
     group.add_argument("--fusion-lambda", type=float, help="override the adapter's λ (0 reproduces the Pilot)")
     group.add_argument("--fusion-mode", choices=FUSION_MODES, help="override the adapter's fusion space")
     group.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (bitsandbytes)")
@@ -128,12 +130,9 @@ def load_model(args: argparse.Namespace):
 
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
-    tokenizer_source = args.tokenizer or args.model
-    try:
-        tokenizer = load_tokenizer(tokenizer_source)
-    except OSError as error:
-        raise UsageError(f"cannot load tokenizer {tokenizer_source!r}: {str(error).splitlines()[0]}") from error
-    model = load_copilot_adapter(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter)
+    tokenizer = load_tokenizer(args.tokenizer or args.model, None if args.tokenizer else args.gguf_file)
+    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, gguf_file=args.gguf_file)
+    model = load_copilot_adapter(pilot, args.adapter)
     config = model.peft_config[model.active_adapter]
     try:
         if args.fusion_lambda is not None:
@@ -179,6 +178,7 @@ def _settings(args: argparse.Namespace, model) -> dict[str, object]:
         "fusion_mode": config.fusion_mode,
         "inference_feed": config.inference_feed,
         "load_in_4bit": args.load_in_4bit,
+        **({"gguf_file": args.gguf_file} if args.gguf_file else {}),  # absent before the option existed
     }
 
 
