@@ -276,8 +276,6 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UsageError("tcopilot explain draws with matplotlib: pip install 'tcopilot_peft[eval]'") from error
     benchmarks = load_benchmarks(args) if args.data else []
     model, tokenizer = load_model(args)
-    if model.base_model.encoder_decoder:
-        raise UsageError("tcopilot explain traces decoder-only Pilots; an encoder-decoder (T5) Pilot is not supported")
     os.makedirs(args.output, exist_ok=True)
     if args.prompt is not None:
         prompt = alpaca_prompt(args.prompt) if args.alpaca else args.prompt

@@ -190,3 +190,31 @@ def test_lm_eval_command_line_with_a_saved_copilot(tmp_path, saved_model, task_m
     assert "tiny_sums_mc" in done.stdout and "Fused loglikelihood" in done.stderr
     saved = next((tmp_path / "results").rglob("results_*.json"))
     assert 0 <= json.loads(saved.read_text())["results"]["tiny_sums_mc"]["acc,none"] <= 1
+
+
+def test_a_t5_continuation_is_scored_as_fused_generation_produced_it():
+    """lm-eval's seq2seq backend: the context in the encoder, the continuation teacher-forced in the decoder, scored
+    with the log-probabilities fused `generate()` chose it with."""
+    from tests.evaluation.test_explain import t5_copilot_model
+
+    model, tokenizer = t5_copilot_model()
+    lm = CopilotLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
+    assert lm.backend == "seq2seq"
+    context = tokenizer("12+7=")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.tensor([context]),
+            max_new_tokens=5,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    continuation = out.sequences[0, 1:].tolist()
+    expected = sum(
+        torch.log_softmax(step[0].float(), -1)[token] for step, token in zip(out.logits, continuation)
+    ).item()
+    other = continuation[:-1] + [(continuation[-1] + 1) % len(tokenizer)]
+    requests = [(("12+7=", "greedy"), context, continuation), (("12+7=", "other"), context, other)]
+    (greedy_ll, is_greedy), (other_ll, other_greedy) = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert greedy_ll == pytest.approx(expected, abs=1e-4) and is_greedy
+    assert other_ll < greedy_ll and not other_greedy
