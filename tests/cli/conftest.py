@@ -7,13 +7,17 @@ import pytest
 from tests.conftest import char_tokenizer, tiny_pilot
 
 
-@pytest.fixture(scope="session")
-def local_pilot(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pilot")
+def save_pilot(directory, build):
+    """`build(vocab_size=...)` saved with the character tokenizer in `directory`."""
     tokenizer = char_tokenizer()
-    tiny_pilot(vocab_size=len(tokenizer)).save_pretrained(directory)
+    build(vocab_size=len(tokenizer)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def local_pilot(tmp_path_factory):
+    return save_pilot(tmp_path_factory.mktemp("pilot"), tiny_pilot)
 
 
 def write_rows(path, rows, jsonl=False):

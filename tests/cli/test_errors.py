@@ -9,8 +9,8 @@ from peft import get_peft_model
 
 from tcopilot_peft import CopilotConfig
 from tcopilot_peft.cli import main
-from tests.cli.conftest import instruction_rows, write_rows
-from tests.conftest import char_tokenizer, tiny_t5
+from tests.cli.conftest import instruction_rows, save_pilot, write_rows
+from tests.conftest import tiny_t5
 
 
 UNREACHABLE_HUB = "http://127.0.0.1:9"  # the discard port: connection refused at once, nothing is downloaded
@@ -31,11 +31,7 @@ def run_cli(*argv, **env):
 
 @pytest.fixture(scope="module")
 def t5_pilot(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("t5")
-    tokenizer = char_tokenizer()
-    tiny_t5(vocab_size=len(tokenizer)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_pilot(tmp_path_factory.mktemp("t5"), tiny_t5)
 
 
 def test_generate_with_a_copilot_of_another_family(tmp_path, local_pilot, t5_pilot):
