@@ -7,16 +7,17 @@
         --gradient_accumulation_steps 4 --learning_rate 2e-4 --copilot_learning_rate 3e-4 --max_length 256
 
 The dataset is a local JSON/JSONL file or a `datasets` name, in TRL prompt/completion (or conversational) form or in
-the LLM-Adapters instruction/input/output form. Every `CopilotSFTConfig` (and so `SFTConfig`) option is accepted.
+the LLM-Adapters instruction/input/output form. Every `CopilotConfig` and `CopilotSFTConfig` (and so `SFTConfig`)
+option is accepted.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from peft import get_peft_model
 from transformers import HfArgumentParser
 
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
-from tcopilot_peft.commands import load_pilot, load_tokenizer
+from tcopilot_peft.commands import GGUF_FILE_HELP, add_copilot, copilot_options, load_pilot, load_tokenizer
 from tcopilot_peft.data import load_any_dataset, to_trl_format
 
 
@@ -31,35 +32,29 @@ class ScriptArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit Pilot (QLoRA with --use_lora)."})
-    copilot_layers: int | None = field(default=None, metadata={"help": "Copilot depth; a quarter of the Pilot's."})
-    copilot_init: str = field(default="pilot_layers", metadata={"help": "pilot_layers, pretrained or random."})
-    copilot_pretrained: str | None = field(default=None, metadata={"help": "Decoder for copilot_init=pretrained."})
-    fusion_mode: str | None = field(default=None, metadata={"help": "prob or logit; default: the objective's own."})
-    fusion_lambda: float = field(default=1.0, metadata={"help": "Correction strength λ."})
-    copilot_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot."})
+    gguf_file: str | None = field(default=None, metadata={"help": GGUF_FILE_HELP})
 
 
 def main() -> None:
-    script_args, training_args = HfArgumentParser((ScriptArguments, CopilotSFTConfig)).parse_args_into_dataclasses()
+    # The Copilot's options are CopilotConfig's own fields (`--num_layers`/`--copilot_layers`, `--init`,
+    # `--fusion_mode`, ...); `--copilot_loss rmse` (the paper's objective) sets the adapter's objective too.
+    parser = HfArgumentParser((ScriptArguments, copilot_options(), CopilotSFTConfig))
+    script_args, copilot_args, training_args = parser.parse_args_into_dataclasses()
     dataset = to_trl_format(load_any_dataset(script_args.dataset_name, split=script_args.dataset_split))
-    tokenizer = load_tokenizer(script_args.tokenizer_name_or_path or script_args.model_name_or_path)
+    tokenizer = load_tokenizer(
+        script_args.tokenizer_name_or_path or script_args.model_name_or_path,
+        None if script_args.tokenizer_name_or_path else script_args.gguf_file,
+    )
     pilot = load_pilot(
         script_args.model_name_or_path,
+        gguf_file=script_args.gguf_file,
         load_in_4bit=script_args.load_in_4bit,
         lora_r=script_args.lora_r if script_args.use_lora else 0,
         lora_alpha=script_args.lora_alpha,
         lora_dropout=script_args.lora_dropout,
     )
-    copilot_config = CopilotConfig(
-        num_layers=script_args.copilot_layers,
-        init=script_args.copilot_init,
-        pretrained_model_name_or_path=script_args.copilot_pretrained,
-        copilot_loss=training_args.copilot_loss or "fused_ce",  # --copilot_loss rmse: the paper's objective
-        fusion_mode=script_args.fusion_mode,
-        fusion_lambda=script_args.fusion_lambda,
-        dropout=script_args.copilot_dropout,
-    )
-    model = get_peft_model(pilot, copilot_config)
+    copilot_config = CopilotConfig(copilot_loss=training_args.copilot_loss, **dataclasses.asdict(copilot_args))
+    model = add_copilot(pilot, copilot_config)
     model.print_trainable_parameters()
     trainer = CopilotSFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import os
+import re
+import shutil
 import sys
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 
-from .cli import UsageError
+from .cli import UsageError, add_command_parser
 from .fusion import COPILOT_LOSSES
 from .generation import generate_arms
 from .tuner.config import FUSION_MODES
 from .tuner.families import default_lora_targets
+
+
+GGUF_FILE_HELP = (
+    "read the Pilot (and, without --tokenizer, its tokenizer) from this GGUF file in the --model folder or hub repo "
+    "(transformers dequantizes it; needs pip install 'tcopilot_peft[gguf]')"
+)
 
 
 def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,17 +40,25 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion-mode", choices=FUSION_MODES, help="default: the objective's own")
 
 
-def check_model_path(name_or_path: str) -> None:
+def check_model_path(name_or_path: str, gguf_file: str | None = None) -> None:
+    """Refuse a local model path (or GGUF file in it) that does not exist, and a GGUF file without `gguf`."""
     if looks_local(name_or_path) and not os.path.exists(name_or_path):
         raise UsageError(f"model path not found: {name_or_path}")
+    if gguf_file is None:
+        return
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, gguf_file)):
+        raise UsageError(f"GGUF file not found: {os.path.join(name_or_path, gguf_file)}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError("reading a GGUF file needs the gguf package: pip install 'tcopilot_peft[gguf]'")
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
+    """The tokenizer of a local directory or hub id (or of a GGUF file in it), with a pad token."""
     from transformers import AutoTokenizer
 
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
     except OSError as error:
         raise UsageError(f"cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}") from error
     if tokenizer.pad_token is None:
@@ -53,9 +75,11 @@ def load_pilot(
     lora_dropout: float = 0.05,
     lora_target_modules: list[str] | None = None,
     dtype: str = "auto",
+    gguf_file: str | None = None,
 ):
-    """A Pilot (causal LM, or encoder-decoder such as T5) from a local directory or hub id, optionally quantized
-    (bitsandbytes) and/or with LoRA.
+    """A Pilot (causal LM, or encoder-decoder such as T5) from a local directory or hub id, or from the GGUF file
+    `gguf_file` in it (transformers dequantizes it to a plain model), optionally quantized (bitsandbytes) and/or
+    with LoRA.
 
     A quantized Pilot trains only through LoRA (QLoRA), so `load_in_4bit`/`load_in_8bit` with `lora_r=0` gives a
     Pilot that can carry a Copilot for inference or a Copilot-only phase, not Pilot training.
@@ -63,7 +87,7 @@ def load_pilot(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, gguf_file)
     quantization = None
     if load_in_4bit or load_in_8bit:
         quantization = BitsAndBytesConfig(
@@ -73,10 +97,13 @@ def load_pilot(
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
         )
     try:
-        pilot = pilot_class(name_or_path).from_pretrained(
-            name_or_path, quantization_config=quantization, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+        pilot = pilot_class(name_or_path, gguf_file).from_pretrained(
+            name_or_path,
+            gguf_file=gguf_file,
+            quantization_config=quantization,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a missing file, or a GGUF architecture transformers cannot read
         raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     if quantization is not None and lora_r:
         pilot = prepare_model_for_kbit_training(pilot, use_gradient_checkpointing=False)
@@ -94,12 +121,39 @@ def load_pilot(
     return pilot
 
 
-def pilot_class(name_or_path: str):
+def add_copilot(pilot, config):
+    """`get_peft_model(pilot, config)` for a Copilot `config`, on a plain or a LoRA-tuned Pilot.
+
+    PEFT warns "You are trying to modify a model with PEFT for a second time" whenever the model already holds PEFT
+    layers. A Copilot on a LoRA-tuned Pilot is meant to keep those layers (its adapter records the LoRA config and
+    re-creates it on loading), so for this call the warning says nothing true and is silenced.
+    """
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are trying to modify a model with PEFT for a second time")
+        return get_peft_model(pilot, config)
+
+
+def load_copilot_adapter(pilot, adapter: str):
+    """`PeftModel.from_pretrained(pilot, adapter)`, with what a user can fix (no such folder, no adapter_config.json,
+    a Copilot trained for another Pilot family or shape, an unreadable weights file) as one-line `UsageError`s."""
+    from peft import PeftModel
+
+    if not os.path.isdir(adapter):
+        raise UsageError(f"adapter directory not found: {adapter}")
+    try:
+        return PeftModel.from_pretrained(pilot, adapter)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the Copilot adapter {adapter!r}: {str(error).splitlines()[0]}") from error
+
+
+def pilot_class(name_or_path: str, gguf_file: str | None = None):
     """`AutoModelForSeq2SeqLM` for an encoder-decoder checkpoint (T5), else `AutoModelForCausalLM`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, gguf_file=gguf_file)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
@@ -112,85 +166,200 @@ def looks_local(name: str) -> bool:
 # ---------------------------------------------------------------------- tcopilot train
 
 
-def register_train(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="fine-tune a Pilot with a Transformer Copilot (Algorithm 1)",
-        description="Joint Pilot + Copilot supervised fine-tuning on a local JSON/JSONL file or a datasets name, "
-        "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form.",
+@dataclass
+class TrainArguments:
+    """What `tcopilot train` reads besides the Copilot's and the trainer's settings, whose options are generated from
+    `CopilotConfig` and `CopilotSFTConfig` (`train_dataclasses`)."""
+
+    _argument_group_name = "model and data"
+
+    model: str = field(metadata={"help": "Pilot: local directory or hub id"})
+    dataset: str = field(metadata={"help": "local .json/.jsonl file or a datasets name"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (default: --model's)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the Pilot (0: train all its weights)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "quantize the Pilot to 4 bits (QLoRA)"})
+    gguf_file: str | None = field(default=None, metadata={"help": GGUF_FILE_HELP})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "train into a non-empty --output-dir: its checkpoint-N folders are deleted first (so a later "
+            "--resume cannot pick up the old run) and files of the same names are replaced"
+        },
     )
-    parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
-    parser.add_argument("--dataset", required=True, help="local .json/.jsonl file or a datasets name")
-    parser.add_argument("--output-dir", required=True, help="where checkpoints and the final adapter go")
-    parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
-    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of the Pilot (0: train all its weights)")
-    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (QLoRA)")
-    parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
-    add_objective_arguments(parser)
-    parser.add_argument("--fusion-lambda", type=float, default=1.0)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--copilot-learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.set_defaults(handler=run_train)
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue from the last checkpoint-N in --output-dir (the Pilot, the Copilot, their optimisers "
+            "and the Mistake Log come back); --max-steps/--epochs count the whole run"
+        },
+    )
+
+
+# The command's own defaults where they differ from `CopilotSFTConfig`'s: LoRA's usual learning rate, and a batch
+# and length a CPU runs.
+TRAIN_DEFAULTS = dict(learning_rate=2e-4, per_device_train_batch_size=4, gradient_accumulation_steps=4, max_length=256)
+# Short spellings kept from before the options were generated: option -> (the field it sets, its type).
+TRAIN_ALIASES = {"--batch-size": ("per_device_train_batch_size", int), "--epochs": ("num_train_epochs", float)}
+
+
+def copilot_options() -> type:
+    """A dataclass of the `CopilotConfig` fields a user sets, with their help and defaults: PEFT's bookkeeping fields
+    and those filled in when the adapter is created are left out, and `copilot_loss` is the trainer's option (which
+    sets both). `--num-layers` is also `--copilot-layers` (the spelling before the options were generated)."""
+    from peft import PeftConfig
+
+    from .trainer import CopilotSFTConfig
+    from .tuner import CopilotConfig
+
+    hints = typing.get_type_hints(CopilotConfig)
+    skipped = set(PeftConfig.__dataclass_fields__) | set(CopilotSFTConfig.__dataclass_fields__)
+    specs = []
+    for spec in dataclasses.fields(CopilotConfig):
+        if spec.name in skipped or spec.metadata.get("help", "").startswith("Set on creation"):
+            continue
+        metadata = dict(
+            spec.metadata,
+            **({"aliases": ["--copilot-layers", "--copilot_layers"]} if spec.name == "num_layers" else {}),
+        )
+        specs.append((spec.name, _cli_type(hints[spec.name]), field(default=spec.default, metadata=metadata)))
+    return dataclasses.make_dataclass(
+        "CopilotOptions", specs, namespace={"_argument_group_name": "Copilot (CopilotConfig)"}
+    )
+
+
+def _cli_type(hint):
+    """`X | Y | None` -> `X | None`: the command line takes the first form of a field that accepts several."""
+    members = [member for member in typing.get_args(hint) if member is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(members) > 1:
+        return members[0] | None
+    return hint
+
+
+def train_dataclasses() -> tuple[type, type, type]:
+    """The dataclasses `tcopilot train`'s options come from: `TrainArguments`, the Copilot's, the trainer's."""
+    from .trainer import CopilotSFTConfig
+
+    return TrainArguments, copilot_options(), CopilotSFTConfig
+
+
+def register_train(subparsers) -> None:
+    from transformers import HfArgumentParser
+
+    parser = add_command_parser(
+        subparsers,
+        "train",
+        description="Joint Pilot + Copilot supervised fine-tuning on a local JSON/JSONL file or a datasets name, "
+        "in TRL prompt/completion, conversational, or LLM-Adapters instruction/output form. Every field of "
+        "CopilotConfig and CopilotSFTConfig (TRL's SFTConfig, transformers' TrainingArguments) is an option, "
+        "spelt with - or _; --output-dir is required.",
+        parents=[HfArgumentParser(train_dataclasses(), add_help=False)],
+    )
+    for alias, (dest, kind) in TRAIN_ALIASES.items():
+        option = "--" + dest.replace("_", "-")
+        parser.add_argument(alias, dest=dest, type=kind, default=argparse.SUPPRESS, help=f"the same as {option}")
+    parser.set_defaults(handler=run_train, **TRAIN_DEFAULTS)
+
+
+def parse_train_options(args: argparse.Namespace):
+    """`(TrainArguments, CopilotConfig, CopilotSFTConfig)` from the parsed command line, as
+    `HfArgumentParser.parse_args_into_dataclasses` builds them."""
+    from .tuner import CopilotConfig
+
+    if args.output_dir is None:
+        raise UsageError("--output-dir is required")
+    script_type, options_type, training_type = train_dataclasses()
+    script, options = (
+        dtype(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(dtype) if spec.init})
+        for dtype in (script_type, options_type)
+    )
+    given = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(training_type) if spec.init}
+    if given["activation_checkpointing"] is None:
+        # TRL sets `gradient_checkpointing`, which transformers 5 renamed: pass it under the new name, as
+        # `TrainingArguments` itself would after a FutureWarning the user could do nothing about.
+        given["activation_checkpointing"], given["gradient_checkpointing"] = given["gradient_checkpointing"], None
+    training = training_type(**given)
+    try:
+        copilot = CopilotConfig(copilot_loss=training.copilot_loss, **dataclasses.asdict(options))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return script, copilot, training
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from peft import get_peft_model
-
     from .data import load_any_dataset, to_trl_format
-    from .trainer import CopilotSFTConfig, CopilotSFTTrainer
-    from .tuner import CopilotConfig
+    from .trainer import CopilotSFTTrainer
 
-    check_model_path(args.model)
     try:
-        dataset = to_trl_format(load_any_dataset(args.dataset))
+        script, copilot_config, training = parse_train_options(args)
+    except ValueError as error:  # a TrainingArguments check (its __post_init__)
+        raise UsageError(str(error)) from error
+    check_model_path(script.model, script.gguf_file)
+    resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
+    try:
+        dataset = to_trl_format(load_any_dataset(script.dataset))
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, lora_r=args.lora_r)
-    model = get_peft_model(
-        pilot,
-        CopilotConfig(
-            num_layers=args.copilot_layers,
-            copilot_loss=args.copilot_loss,
-            fusion_mode=args.fusion_mode,
-            fusion_lambda=args.fusion_lambda,
-        ),
+    tokenizer = load_tokenizer(script.tokenizer or script.model, None if script.tokenizer else script.gguf_file)
+    pilot = load_pilot(
+        script.model, load_in_4bit=script.load_in_4bit, lora_r=script.lora_r, gguf_file=script.gguf_file
     )
-    options = dict(
-        output_dir=args.output_dir,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        copilot_learning_rate=args.copilot_learning_rate,
-        save_steps=args.save_steps,
-        logging_steps=10,
-        seed=args.seed,
-        report_to=[],
-    )
+    model = add_copilot(pilot, copilot_config)
     if model.base_model.encoder_decoder:
-        trainer = seq2seq_trainer(model, tokenizer, dataset, options, args.max_length)
+        trainer = seq2seq_trainer(model, tokenizer, dataset, seq2seq_options(args), training.max_length)
     else:
-        config = CopilotSFTConfig(max_length=args.max_length, **options)
-        trainer = CopilotSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        trainer = CopilotSFTTrainer(model=model, args=training, train_dataset=dataset, processing_class=tokenizer)
+    if resume_from:
+        print(f"tcopilot train: resuming from {resume_from}", file=sys.stderr)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
-        where = os.path.join(args.output_dir, f"interrupted-step-{trainer.state.global_step}")
+        where = os.path.join(training.output_dir, f"interrupted-step-{trainer.state.global_step}")
         trainer.save_model(where)
-        print(f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where}", file=sys.stderr)
+        print(
+            f"tcopilot train: interrupted; the Copilot adapter so far is saved in {where} (rerun with --resume to "
+            "continue from the last checkpoint-N)",
+            file=sys.stderr,
+        )
         return 130
-    trainer.save_model(args.output_dir)
-    print(f"saved the Copilot adapter to {args.output_dir}")
+    trainer.save_model(training.output_dir)
+    print(f"saved the Copilot adapter to {training.output_dir}")
     return 0
+
+
+def prepare_output_dir(output_dir: str, script: TrainArguments) -> str | None:
+    """Refuse to train over a non-empty folder unless `--overwrite` or `--resume` says what to do with it; returns
+    the checkpoint to resume from (with `--resume`), else None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if script.overwrite and script.resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    held = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if script.resume:
+        last = get_last_checkpoint(output_dir) if held else None
+        if last is None:
+            raise UsageError(f"--resume: {output_dir} holds no checkpoint-N folder to resume from")
+        return last
+    if held and not script.overwrite:
+        raise UsageError(
+            f"--output-dir {output_dir} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}"
+            "); give --overwrite to train over it, or --resume to continue its last checkpoint"
+        )
+    for name in held:
+        if re.fullmatch(r"checkpoint-\d+", name) and os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name))
+    return None
+
+
+def seq2seq_options(args: argparse.Namespace) -> dict:
+    """`CopilotSeq2SeqConfig` keyword arguments for an encoder-decoder Pilot: the options set on the command line (or
+    by the command's defaults) that it shares with `CopilotSFTConfig`; the rest keep `Seq2SeqTrainingArguments`'
+    own defaults (TRL's SFT defaults, such as gradient checkpointing, are not carried over)."""
+    from .trainer import CopilotSeq2SeqConfig, CopilotSFTConfig
+
+    sft_defaults = {spec.name: spec.default for spec in dataclasses.fields(CopilotSFTConfig)}
+    shared = [spec.name for spec in dataclasses.fields(CopilotSeq2SeqConfig) if spec.init and hasattr(args, spec.name)]
+    chosen = {name: getattr(args, name) for name in shared if getattr(args, name) != sft_defaults.get(name)}
+    return {"logging_steps": args.logging_steps, **chosen}
 
 
 def seq2seq_trainer(model, tokenizer, dataset, options: dict, max_length: int):
@@ -228,30 +397,30 @@ def seq2seq_trainer(model, tokenizer, dataset, options: dict, max_length: int):
 
 
 def register_generate(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "generate",
-        help="generate with a Pilot and its Copilot, beside the Pilot alone",
         description="Load a Pilot and a saved Copilot adapter; print, per prompt, the Pilot's and the fused output.",
     )
     parser.add_argument("--model", required=True, help="Pilot: local directory or hub id")
     parser.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--tokenizer", help="tokenizer (defaults to --model)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--gguf-file", help=GGUF_FILE_HELP)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam-search width (1: greedy)")
     parser.add_argument("--fusion-lambda", type=float, help="override the adapter's λ")
-    parser.add_argument("--load-in-4bit", action="store_true")
+    parser.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (bitsandbytes)")
     parser.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model, None if args.tokenizer else args.gguf_file)
     tokenizer.padding_side = "left"
-    model = PeftModel.from_pretrained(load_pilot(args.model, load_in_4bit=args.load_in_4bit), args.adapter).eval()
+    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, gguf_file=args.gguf_file)
+    model = load_copilot_adapter(pilot, args.adapter).eval()
     if args.fusion_lambda is not None:
         model.peft_config[model.active_adapter].fusion_lambda = args.fusion_lambda
     settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False)

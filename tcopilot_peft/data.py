@@ -6,6 +6,7 @@ paper's test sets) become TRL prompt/completion rows with the Alpaca-style templ
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ ALPACA_PROMPT_WITH_INPUT = (
 )
 TRL_COLUMN_SETS = (("prompt", "completion"), ("messages",), ("text",), ("prompt",))
 INSTRUCTION_COLUMNS = ("instruction", "output")
+HUB_PROBE_TIMEOUT = 5  # seconds to wait for the Hub's answer about a dataset name
 
 
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
@@ -33,7 +35,9 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
 
 
 def looks_like_path(name: str) -> bool:
-    return name.endswith((".json", ".jsonl")) or os.sep in name or name.startswith(".")
+    """A JSON file name, or a path from `.`, `/` or `~`; anything else that does not exist (`org/name`) is a Hub
+    dataset name."""
+    return name.endswith((".json", ".jsonl")) or name.startswith((".", "/", "~"))
 
 
 def load_any_dataset(name_or_path: str, split: str = "train") -> Dataset:
@@ -41,7 +45,8 @@ def load_any_dataset(name_or_path: str, split: str = "train") -> Dataset:
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: an empty dataset.
+        ValueError: an empty dataset, a file that does not parse (the line named), a name the Hub does not have or
+            an unreachable Hub.
     """
     if looks_like_path(name_or_path) or os.path.exists(name_or_path):
         if not os.path.exists(name_or_path):
@@ -54,14 +59,78 @@ def load_any_dataset(name_or_path: str, split: str = "train") -> Dataset:
             else:
                 loaded = load_dataset("json", data_files=name_or_path, split="train")
         except Exception as error:  # datasets raises many types for unreadable files; name the file instead
-            raise ValueError(f"cannot read dataset {name_or_path}: {str(error).splitlines()[0]}") from error
+            problem = json_problem(name_or_path) if os.path.isfile(name_or_path) else None
+            raise ValueError(f"cannot read dataset {name_or_path}: {problem or str(error).splitlines()[0]}") from error
     else:
-        loaded = load_dataset(name_or_path, split=split)
+        loaded = _load_hub_dataset(name_or_path, split)
     if isinstance(loaded, DatasetDict):
         loaded = loaded[split]
     if len(loaded) == 0:
         raise ValueError(f"dataset {name_or_path} is empty")
     return loaded
+
+
+def _load_hub_dataset(name: str, split: str) -> Dataset:
+    """`load_dataset(name)` for a name that is not a local path. The Hub is asked once first, with a short timeout
+    and no retries, so an unreachable Hub is reported in a second (datasets retries five times, ~25 s); with
+    `HF_HUB_OFFLINE=1` the cache alone is read."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        try:
+            return load_dataset(name, split=split)
+        except ConnectionError as error:
+            raise ValueError(
+                f"dataset {name!r} is not a local file, and it is not in the cache (HF_HUB_OFFLINE is set)"
+            ) from error
+    try:
+        HfApi().dataset_info(name, timeout=HUB_PROBE_TIMEOUT)
+    except GatedRepoError:
+        pass  # access is load_dataset's (and the token's) to settle
+    except RepositoryNotFoundError as error:
+        raise ValueError(
+            f"dataset {name!r} is neither a local file nor a dataset on the Hub (that your token can read)"
+        ) from error
+    except HfHubHTTPError:
+        pass  # the Hub answered: load_dataset reports what it says
+    except Exception as error:  # a transport failure; its class is the HTTP client's that huggingface_hub uses
+        raise ValueError(
+            f"dataset {name!r} is not a local file, and the Hugging Face Hub is unreachable "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); set HF_HUB_OFFLINE=1 to "
+            "read a cached copy"
+        ) from error
+    return load_dataset(name, split=split)
+
+
+def json_problem(path: str) -> str | None:
+    """What is wrong with a JSON (one document) or JSON Lines (one row per line) file, naming the line, or None
+    when it parses. A file whose first line is a whole JSON value is read as JSON Lines."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as whole:
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.strip()), None)
+        if first is None or not _parses(lines[first]):
+            return f"line {whole.lineno}, column {whole.colno}: {whole.msg} (is the file cut short?)"
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number}, column {error.colno}: {error.msg} (JSON Lines: one whole row per line)"
+    return None
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _is_blank(path: str) -> bool:

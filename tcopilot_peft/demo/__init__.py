@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..cli import add_command_parser
 from ..commands import add_objective_arguments
 from .pretrain import PILOT_DIR
 
@@ -13,9 +14,9 @@ QUICK = dict(train_size=600, validation_size=60, test_size=100, epochs=1.0, over
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "demo",
-        help="run Transformer Copilot end to end offline and report whether it helped",
         description="Fine-tune a small pretrained Pilot with LoRA + Copilot on a bundled reasoning-style task, choose "
         "λ on validation data, and compare Pilot alone vs Pilot + Copilot on held-out prompts (paired). Writes "
         "results.json and demo.png. With --model/--dataset the same pipeline runs on any checkpoint and dataset.",
@@ -24,9 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=str(PILOT_DIR), help="Pilot directory or hub id (default: bundled)")
     parser.add_argument("--dataset", help="prompt/completion or LLM-Adapters JSON/JSONL (default: bundled task)")
     parser.add_argument("--task", default="sort_then_reverse", help="bundled task when no --dataset is given")
-    parser.add_argument("--output-dir", default="tcopilot-demo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--copilot-layers", type=int)
+    parser.add_argument("--output-dir", default="tcopilot-demo", help="where results.json and demo.png go")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data split, initialisation)")
+    parser.add_argument("--copilot-layers", type=int, help="Copilot depth (default: a quarter of the Pilot's)")
     add_objective_arguments(parser)
     parser.set_defaults(handler=run)
 

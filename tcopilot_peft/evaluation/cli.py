@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from ..cli import UsageError
+from ..cli import UsageError, add_command_parser
+from ..commands import GGUF_FILE_HELP
 from ..tuner.config import FUSION_MODES
 from .benchmarks import DataError, LoadedBenchmark, get_benchmark, load_benchmark, resolve_sources
 
@@ -31,6 +32,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", required=True, help="the Pilot: a local directory or a hub id")
     group.add_argument("--adapter", required=True, help="a saved Copilot adapter directory")
     group.add_argument("--tokenizer", help="tokenizer directory or hub id (default: --model)")
+    group.add_argument("--gguf-file", help=GGUF_FILE_HELP)
     group.add_argument("--fusion-lambda", type=float, help="override the adapter's λ (0 reproduces the Pilot)")
     group.add_argument("--fusion-mode", choices=FUSION_MODES, help="override the adapter's fusion space")
     group.add_argument("--load-in-4bit", action="store_true", help="quantize the Pilot to 4 bits (bitsandbytes)")
@@ -49,23 +51,23 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
         "does not say it. Repeat for several.",
     )
     group.add_argument("--benchmarks", help="comma-separated benchmark names: keep only these from --data")
-    group.add_argument("--split", default="test", help="split of a datasets name (default: test)")
+    group.add_argument("--split", default="test", help="split of a datasets name")
     group.add_argument("--limit", type=_positive_int, help="use only the first N rows of each benchmark")
     group.add_argument(
         "--bad-rows",
         choices=["error", "skip"],
         default="error",
-        help="malformed rows (missing fields, wrong types) are always reported with their index; 'error' (default) "
-        "then refuses the benchmark, 'skip' leaves them out",
+        help="malformed rows (missing fields, wrong types) are always reported with their index; 'error' "
+        "refuses the benchmark, 'skip' leaves them out",
     )
-    group.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per batch (default: 8)")
+    group.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per batch")
 
 
 def register_eval(subparsers) -> None:
     """Add `tcopilot eval`."""
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "eval",
-        help="accuracy of the Pilot alone and with its Copilot on the paper's benchmarks",
         description="Evaluate a Pilot and its Copilot with the LLM-Adapters protocol: generate answers (beam search, "
         "4 beams by default) and extract them per benchmark (the last number for GSM8K, SVAMP, MAWPS, AddSub, "
         "MultiArith and SingleEq; the option letter for AQuA; true/false, solutionN, answerN or optionN for the "
@@ -84,7 +86,7 @@ def register_eval(subparsers) -> None:
         type=_positive_int,
         help="new tokens per answer (default: 256 for arithmetic, 32 for commonsense, as in LLM-Adapters)",
     )
-    parser.add_argument("--output", default="tcopilot-eval", help="results folder (default: ./tcopilot-eval)")
+    parser.add_argument("--output", default="tcopilot-eval", help="results folder")
     parser.add_argument("--restart", action="store_true", help="discard partial results in --output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_eval)
@@ -92,9 +94,9 @@ def register_eval(subparsers) -> None:
 
 def register_explain(subparsers) -> None:
     """Add `tcopilot explain`."""
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "explain",
-        help="draw the Copilot's token-level corrections (the paper's Figures 3 and 4)",
         description="With --prompt: trace one answer (the fused model's own, or --reference) and draw, at chosen "
         "steps, the Pilot's top candidates, the Copilot's correction to each and the fused result, marking steps "
         "where the chosen token changed (OUTPUT/explain.png, OUTPUT/explain.json). With --data: along every row's "
@@ -111,8 +113,8 @@ def register_explain(subparsers) -> None:
     single.add_argument("--max-panels", type=_positive_int, default=4, help="rows drawn when --steps is not given")
     single.add_argument("--max-new-tokens", type=_positive_int, default=32, help="length of the generated answer")
     single.add_argument("--num-beams", type=_positive_int, default=1, help="beams for the generated answer")
-    parser.add_argument("--top-k", type=_positive_int, default=5, help="Pilot candidates per step (default: 5)")
-    parser.add_argument("--output", default="tcopilot-explain", help="output folder (default: ./tcopilot-explain)")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="Pilot candidates per step")
+    parser.add_argument("--output", default="tcopilot-explain", help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_explain)
 
@@ -123,22 +125,14 @@ def register_explain(subparsers) -> None:
 def load_model(args: argparse.Namespace):
     """The Pilot with its Copilot adapter, in eval mode on the chosen device, and its tokenizer."""
     import torch
-    from peft import PeftModel
 
-    from ..commands import load_pilot, load_tokenizer
+    from ..commands import load_copilot_adapter, load_pilot, load_tokenizer
 
     if not os.path.isdir(args.adapter):
         raise UsageError(f"adapter directory not found: {args.adapter}")
-    tokenizer_source = args.tokenizer or args.model
-    try:
-        tokenizer = load_tokenizer(tokenizer_source)
-    except OSError as error:
-        raise UsageError(f"cannot load tokenizer {tokenizer_source!r}: {str(error).splitlines()[0]}") from error
-    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit)
-    try:
-        model = PeftModel.from_pretrained(pilot, args.adapter)
-    except (OSError, ValueError) as error:  # no adapter_config.json, or a Copilot for another Pilot shape
-        raise UsageError(f"cannot load the Copilot adapter {args.adapter!r}: {str(error).splitlines()[0]}") from error
+    tokenizer = load_tokenizer(args.tokenizer or args.model, None if args.tokenizer else args.gguf_file)
+    pilot = load_pilot(args.model, load_in_4bit=args.load_in_4bit, gguf_file=args.gguf_file)
+    model = load_copilot_adapter(pilot, args.adapter)
     config = model.peft_config[model.active_adapter]
     try:
         if args.fusion_lambda is not None:
@@ -184,6 +178,7 @@ def _settings(args: argparse.Namespace, model) -> dict[str, object]:
         "fusion_mode": config.fusion_mode,
         "inference_feed": config.inference_feed,
         "load_in_4bit": args.load_in_4bit,
+        **({"gguf_file": args.gguf_file} if args.gguf_file else {}),  # absent before the option existed
     }
 
 
@@ -253,6 +248,7 @@ def run_recommendation_eval(args: argparse.Namespace) -> int:
             num_beams=args.num_beams or 20,
             batch_size=args.batch_size,
             restart=args.restart,
+            progress=not args.no_progress,
         )
     except DataError as error:
         raise UsageError(str(error)) from error
@@ -280,8 +276,6 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UsageError("tcopilot explain draws with matplotlib: pip install 'tcopilot_peft[eval]'") from error
     benchmarks = load_benchmarks(args) if args.data else []
     model, tokenizer = load_model(args)
-    if model.base_model.encoder_decoder:
-        raise UsageError("tcopilot explain traces decoder-only Pilots; an encoder-decoder (T5) Pilot is not supported")
     os.makedirs(args.output, exist_ok=True)
     if args.prompt is not None:
         prompt = alpaca_prompt(args.prompt) if args.alpaca else args.prompt

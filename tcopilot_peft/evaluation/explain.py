@@ -265,7 +265,8 @@ def explain_prompt(
                 do_sample=False,
                 pad_token_id=pad_token_id,
             )
-        answer_ids = output[0, len(prompt_ids) :].tolist()
+        # A decoder-only Pilot returns prompt + answer; an encoder-decoder one, its decoder start + answer.
+        answer_ids = output[0, 1 if model.config.is_encoder_decoder else len(prompt_ids) :].tolist()
         while answer_ids and answer_ids[-1] == pad_token_id:  # a beam that finished early is padded
             answer_ids.pop()
     if not prompt_ids or not answer_ids:

@@ -5,7 +5,9 @@ a forward that treats its whole input as prompt; a Copilot, however, reads its o
 tokens a model *generated* (Algorithm 2). `CopilotLM` therefore passes `copilot_prompt_length` (the context's length,
 per row), so each continuation token gets exactly the fused log-probability fused `generate()` would give it after
 the same prefix. Multiple-choice (log-likelihood) tasks thus read fused forward logits, and generation tasks use
-fused `generate()`, which HFLM calls unchanged.
+fused `generate()`, which HFLM calls unchanged. An encoder-decoder Pilot (T5, lm-eval's seq2seq backend) is scored
+with the context in the encoder and the continuation teacher-forced in the decoder, where every position after the
+start token counts as generated (`scoring.seq2seq_continuation_logits`).
 
 For the Pilot alone, evaluate `HFLM(pretrained=peft_model.get_base_model())`: the base model is the Pilot as it is
 fine-tuned (a LoRA-tuned Pilot keeps its LoRA layers), so both scores come from the same weights and the same harness.
@@ -60,7 +62,7 @@ class CopilotLM(HFLM):
             be an integer.
 
     Raises:
-        ValueError: the model carries no Copilot adapter, is an encoder-decoder, or `batch_size` is `"auto"`.
+        ValueError: the model carries no Copilot adapter, or `batch_size` is `"auto"`.
     """
 
     def __init__(self, pretrained: PeftModel | str, **kwargs: Any) -> None:
@@ -71,12 +73,6 @@ class CopilotLM(HFLM):
             raise ValueError(
                 "CopilotLM evaluates a Pilot with a Copilot adapter: pass a PeftModel made with CopilotConfig, or "
                 "pretrained=PILOT together with peft=COPILOT_ADAPTER_DIR"
-            )
-        if self.backend != "causal":
-            raise ValueError(
-                "CopilotLM supports decoder-only Pilots only (lm-eval's seq2seq backend scores targets its own way); "
-                "score an encoder-decoder Pilot's targets with a fused forward on `decoder_input_ids`, which treats "
-                "every decoder position after the start token as generated"
             )
 
     def _loglikelihood_tokens(

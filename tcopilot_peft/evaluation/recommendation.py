@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .benchmarks import BadRowPolicy, DataError
 
@@ -159,8 +160,8 @@ def rank_items(
 ) -> list:
     """Per prompt, up to `k` distinct item ids ranked by beam search with `k` beams constrained to `trie`; `arm`
     `"pilot"` runs with the Copilot off; `generate_kwargs` (a `logits_processor`, ...) go to `generate`."""
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(model.device)
     encoder_decoder = model.config.is_encoder_decoder
+    encoded = _encode_prompts(model, tokenizer, prompts, trie.longest)
     start = 1 if encoder_decoder else encoded["input_ids"].shape[1]  # generated tokens begin after this column
     settings = dict(
         num_beams=k,
@@ -184,6 +185,18 @@ def rank_items(
     ]
 
 
+def _encode_prompts(model, tokenizer, prompts: Sequence[str], new_tokens: int):
+    """Left-padded prompts on the model's device. A decoder-only Pilot's prompt is cut from the left (the oldest items
+    go first) so that it and `new_tokens` fit the Pilot's positions; generation past them would be unreliable."""
+    ids = tokenizer(list(prompts))["input_ids"]
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not model.config.is_encoder_decoder and positions is not None:
+        keep = max(positions - new_tokens, 1)
+        ids = [row[-keep:] for row in ids]
+    encoded = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True, padding_side="left")
+    return encoded.to(model.device)
+
+
 PREDICTIONS_FILE = "recommendations.jsonl"
 RESULTS_FILE = "recommendation_results.json"
 
@@ -197,9 +210,11 @@ def evaluate_recommendation(
     num_beams: int = max(KS),
     batch_size: int = 8,
     restart: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Rank items for every row with the Copilot off and on (same prompts and beams) and score both; per-user rankings
-    are appended to `output_dir/recommendations.jsonl` batch by batch, and a rerun resumes from them.
+    are appended to `output_dir/recommendations.jsonl` batch by batch, and a rerun resumes from them. `progress`
+    shows a bar of users done on stderr.
 
     Returns `{"pilot": metrics, "fused": metrics, "relative": (fused − pilot) / pilot per metric, "users": n}`.
     """
@@ -208,7 +223,8 @@ def evaluate_recommendation(
     done = {} if restart else _finished(path, rows)
     trie = ItemTrie(item_ids, tokenizer)
     pending = [row for row in rows if row["user"] not in done]
-    with open(path, "w" if restart else "a", encoding="utf-8") as handle:
+    bar = tqdm(total=len(rows), initial=len(rows) - len(pending), desc="beauty", unit="user", disable=not progress)
+    with bar, open(path, "w" if restart else "a", encoding="utf-8") as handle:
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             prompts = [row["prompt"] for row in batch]
@@ -219,6 +235,7 @@ def evaluate_recommendation(
                 done[row["user"]] = record
                 handle.write(json.dumps(record) + "\n")
             handle.flush()
+            bar.update(len(batch))
     records = [done[row["user"]] for row in rows]
     ks = [k for k in KS if k <= num_beams] or [num_beams]
     targets = [record["target"] for record in records]

@@ -53,7 +53,10 @@ def continuation_logits(
 
     Rows are right-padded and passed without an attention mask, as lm-eval does: under causal attention the padding
     after a row cannot change that row's logits. The model must be a `PeftModel` with an active Copilot adapter.
+    An encoder-decoder Pilot is scored by `seq2seq_continuation_logits`.
     """
+    if model.config.is_encoder_decoder:
+        return seq2seq_continuation_logits(model, pairs, pad_token_id, max_length)
     windows = [scoring_window(context, continuation, max_length) for context, continuation in pairs]
     device = next(model.parameters()).device
     width = max(len(tokens) for tokens, _ in windows)
@@ -76,3 +79,40 @@ def continuation_logits(
             )
         )
     return results
+
+
+def seq2seq_continuation_logits(
+    model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_token_id: int, max_length: int
+) -> list[ContinuationLogits]:
+    """`continuation_logits` for an encoder-decoder Pilot (T5): the encoder reads the context (its last `max_length`
+    tokens, under an attention mask), the decoder `[start] + continuation[:-1]`. Every decoder position after the
+    start token counts as generated, so this forward gives each continuation token the fused logits `generate()`
+    would give it after the same prefix."""
+    if any(not context or not continuation for context, continuation in pairs):
+        raise ValueError("scoring needs a non-empty context and a non-empty continuation")
+    device = next(model.parameters()).device
+    contexts = [list(context)[-max_length:] for context, _ in pairs]
+    decoder_rows = [[model.config.decoder_start_token_id, *list(continuation)[:-1]] for _, continuation in pairs]
+    input_ids = torch.full((len(pairs), max(map(len, contexts))), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    decoder_input_ids = torch.full((len(pairs), max(map(len, decoder_rows))), pad_token_id, dtype=torch.long)
+    for row, (context, decoder_row) in enumerate(zip(contexts, decoder_rows)):
+        input_ids[row, : len(context)] = torch.tensor(context)
+        attention_mask[row, : len(context)] = 1
+        decoder_input_ids[row, : len(decoder_row)] = torch.tensor(decoder_row)  # padding after a row: causal
+    with torch.no_grad():
+        out = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            decoder_input_ids=decoder_input_ids.to(device),
+        )
+    if getattr(out, "pilot_logits", None) is None:
+        raise ValueError("the model returned no separate Pilot logits: is its Copilot adapter enabled?")
+    return [
+        ContinuationLogits(
+            pilot=out.pilot_logits[row, : len(continuation)],
+            fused=out.logits[row, : len(continuation)],
+            targets=torch.tensor(list(continuation), dtype=torch.long, device=out.logits.device),
+        )
+        for row, (_, continuation) in enumerate(pairs)
+    ]

@@ -134,3 +134,29 @@ def test_an_interrupted_eval_resumes_from_its_partial_results(tmp_path, saved_mo
     fresh = (tmp_path / "fresh" / PREDICTIONS_FILE).read_text().splitlines()
     by_index = lambda lines: sorted(lines[1:], key=lambda line: json.loads(line)["index"])  # noqa: E731
     assert by_index(resumed) == by_index(fresh)
+
+
+def test_beauty_shows_progress_unless_told_not_to(tmp_path, saved_model, capsys):
+    from tests.evaluation.test_recommendation import ITEMS, beauty_args, write_folder
+
+    lines = [f"{user} {' '.join(ITEMS[(user + i) % len(ITEMS)] for i in range(4))}" for user in range(6)]
+    data = write_folder(tmp_path / "beauty", lines)
+    assert main(beauty_args(saved_model, data, tmp_path / "a", "--limit", "4")) == 0
+    assert "beauty: 100%" in capsys.readouterr().err
+    assert main(beauty_args(saved_model, data, tmp_path / "b", "--limit", "4", "--no-progress")) == 0
+    assert "beauty:" not in capsys.readouterr().err
+
+
+def test_beauty_prompts_are_cut_to_the_pilots_positions(saved_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tcopilot_peft.evaluation.recommendation import _encode_prompts
+
+    pilot_dir, _ = saved_model
+    pilot, tokenizer = AutoModelForCausalLM.from_pretrained(pilot_dir), AutoTokenizer.from_pretrained(pilot_dir)
+    positions = pilot.config.max_position_embeddings
+    long_prompt = "a" * (2 * positions) + " the end"
+    encoded = _encode_prompts(pilot, tokenizer, [long_prompt, "short"], new_tokens=6)
+    assert encoded["input_ids"].shape[1] == positions - 6
+    assert tokenizer.decode(encoded["input_ids"][0]).endswith(" the end")  # the newest history is kept
+    assert encoded["attention_mask"][1].sum() == len(tokenizer("short")["input_ids"])

@@ -184,3 +184,26 @@ def test_the_figure_3_summary(tmp_path, saved_model):
     assert set(saved) == {"fusion_mode", "fusion_lambda", "top_k", "benchmarks", "overall"}
     assert saved["benchmarks"]["gsm8k"]["tokens"] == tokens
     assert matplotlib.image.imread(out / "summary.png").shape[:2] == (450, 1600)
+
+
+def t5_copilot_model():
+    from peft import get_peft_model
+
+    from tcopilot_peft import CopilotConfig
+    from tests.conftest import char_tokenizer, randomise_copilot, tiny_t5
+
+    tokenizer = char_tokenizer()
+    model = get_peft_model(tiny_t5(vocab_size=len(tokenizer)), CopilotConfig())
+    randomise_copilot(model, scale=1.0)
+    return model.eval(), tokenizer
+
+
+def test_a_t5_pilots_fused_generation_is_traced():
+    model, tokenizer = t5_copilot_model()
+    explanation = explain_prompt(model, tokenizer, "3+4=", max_new_tokens=5)
+    assert explanation.answer_source == "generated" and 1 <= len(explanation.steps) <= 5
+    assert all(step.target_id == step.fused_choice_id for step in explanation.steps)
+    assert any(c.correction != 0 for step in explanation.steps for c in step.candidates)
+    model.peft_config["default"].fusion_lambda = 0.0
+    unchanged = explain_prompt(model, tokenizer, "3+4=", reference="7")
+    assert not unchanged.changed_steps and all(c.correction == 0 for s in unchanged.steps for c in s.candidates)

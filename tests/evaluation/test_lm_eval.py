@@ -130,12 +130,8 @@ def test_generation_tasks_use_fused_generate(task_manager):
     assert zero == pilot and zero_score == pilot_score
 
 
-def test_a_continuation_is_scored_as_fused_generation_produced_it():
-    """The log-likelihood CopilotLM gives a greedy fused continuation is the sum of the log-probabilities that fused
-    `generate()` chose it with, and is flagged greedy; a plain forward (all prompt) would give other numbers."""
-    model, tokenizer = copilot_model()
-    lm = CopilotLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
-    context = tokenizer("12+7=", add_special_tokens=False)["input_ids"]
+def fused_greedy(model, context: list[int], answer_start: int) -> tuple[list[int], float]:
+    """Five greedy fused tokens after `context`, and the sum of the log-probabilities `generate()` chose them with."""
     with torch.inference_mode():
         out = model.generate(
             input_ids=torch.tensor([context]),
@@ -144,16 +140,28 @@ def test_a_continuation_is_scored_as_fused_generation_produced_it():
             output_logits=True,
             return_dict_in_generate=True,
         )
-    continuation = out.sequences[0, len(context) :].tolist()
-    expected = sum(
-        torch.log_softmax(step[0].float(), -1)[token] for step, token in zip(out.logits, continuation)
-    ).item()
+    continuation = out.sequences[0, answer_start:].tolist()
+    logprob = sum(torch.log_softmax(step[0].float(), -1)[token] for step, token in zip(out.logits, continuation))
+    return continuation, logprob.item()
+
+
+def assert_scored_as_generated(lm, context, continuation, expected: float, vocab_size: int) -> None:
     # The same continuation with its last token swapped: same prefix, so a lower score, and no longer greedy.
-    other = continuation[:-1] + [(continuation[-1] + 1) % len(tokenizer)]
+    other = continuation[:-1] + [(continuation[-1] + 1) % vocab_size]
     requests = [(("12+7=", "greedy"), context, continuation), (("12+7=", "other"), context, other)]
     (greedy_ll, is_greedy), (other_ll, other_greedy) = lm._loglikelihood_tokens(requests, disable_tqdm=True)
     assert greedy_ll == pytest.approx(expected, abs=1e-4) and is_greedy
     assert other_ll < greedy_ll and not other_greedy
+
+
+def test_a_continuation_is_scored_as_fused_generation_produced_it():
+    """The log-likelihood CopilotLM gives a greedy fused continuation is the sum of the log-probabilities that fused
+    `generate()` chose it with, and is flagged greedy; a plain forward (all prompt) would give other numbers."""
+    model, tokenizer = copilot_model()
+    lm = CopilotLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
+    context = tokenizer("12+7=", add_special_tokens=False)["input_ids"]
+    continuation, expected = fused_greedy(model, context, answer_start=len(context))
+    assert_scored_as_generated(lm, context, continuation, expected, len(tokenizer))
     with torch.no_grad():
         as_prompt = torch.log_softmax(model(input_ids=torch.tensor([context + continuation])).logits[0].float(), -1)
     plain = sum(as_prompt[len(context) - 1 + i, token] for i, token in enumerate(continuation)).item()
@@ -190,3 +198,16 @@ def test_lm_eval_command_line_with_a_saved_copilot(tmp_path, saved_model, task_m
     assert "tiny_sums_mc" in done.stdout and "Fused loglikelihood" in done.stderr
     saved = next((tmp_path / "results").rglob("results_*.json"))
     assert 0 <= json.loads(saved.read_text())["results"]["tiny_sums_mc"]["acc,none"] <= 1
+
+
+def test_a_t5_continuation_is_scored_as_fused_generation_produced_it():
+    """lm-eval's seq2seq backend: the context in the encoder, the continuation teacher-forced in the decoder, scored
+    with the log-probabilities fused `generate()` chose it with."""
+    from tests.evaluation.test_explain import t5_copilot_model
+
+    model, tokenizer = t5_copilot_model()
+    lm = CopilotLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
+    assert lm.backend == "seq2seq"
+    context = tokenizer("12+7=")["input_ids"]
+    continuation, expected = fused_greedy(model, context, answer_start=1)  # after the decoder start token
+    assert_scored_as_generated(lm, context, continuation, expected, len(tokenizer))

@@ -9,28 +9,11 @@ import pytest
 
 from tcopilot_peft.cli import main
 from tcopilot_peft.data import alpaca_prompt, load_any_dataset, to_trl_format
-from tests.conftest import char_tokenizer, tiny_pilot, tiny_t5
+from tests.cli.conftest import instruction_rows, write_rows
+from tests.conftest import char_tokenizer, tiny_t5
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def local_pilot(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pilot")
-    tokenizer = char_tokenizer()
-    tiny_pilot(vocab_size=len(tokenizer)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def write_rows(path, rows, jsonl=False):
-    path.write_text("\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows))
-    return path
-
-
-def instruction_rows(n=24):
-    return [{"instruction": f"{a}+{a}", "input": "", "output": f"{2 * a}", "answer": f"{2 * a}"} for a in range(n)]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_llm_adapters_rows_become_prompt_completion(tmp_path):
