@@ -50,8 +50,7 @@ import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
-from bench_inference import seconds  # noqa: E402  (benchmarks/ is the script directory)
-from bench_training import common_settings, synthetic_dataset  # noqa: E402
+from common import common_settings, seconds, synthetic_dataset  # noqa: E402  (benchmarks/ is the script directory)
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, Qwen2Config  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402

@@ -14,12 +14,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import peft
 import torch
 import transformers
-from common import random_llama  # noqa: E402  (benchmarks/ is the script directory)
+from common import random_llama, seconds
 from peft import get_peft_model
 
 import tcopilot_peft
@@ -37,16 +36,6 @@ def build_models(args):
     return model.eval()
 
 
-def seconds(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def timed_pair(model, fn, repeats: int, device: str) -> tuple[float, float]:
     """Median seconds of `fn` with the Copilot off and on, interleaved so drift affects both alike."""
     pilot_times, fused_times = [], []
@@ -60,7 +49,7 @@ def timed_pair(model, fn, repeats: int, device: str) -> tuple[float, float]:
     return statistics.median(pilot_times), statistics.median(fused_times)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=12)
@@ -76,12 +65,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    model = build_models(args)
-    flop_share = cost_model(model).inference_share()
-    copilot_params = sum(p.numel() for p in model.base_model.copilot_model.parameters())
-    pilot_params = sum(p.numel() for p in model.base_model.model.parameters())
+
+def measure_rows(model, args) -> list[dict]:
+    """Pilot-alone and fused times of greedy generation at each batch size, then of one forward pass."""
     generator = torch.Generator().manual_seed(0)
     rows = []
 
@@ -97,6 +85,32 @@ def main() -> None:
     ids = torch.randint(3, args.vocab, (args.forward_batch, args.forward_length), generator=generator)
     ids = ids.to(args.device)
     measure(f"forward (length {args.forward_length})", args.forward_batch, lambda: model(input_ids=ids))
+    return rows
+
+
+def print_table(rows: list[dict], args) -> None:
+    """The Markdown table; adds each row's speed ratio (and tokens/s for generation) to it."""
+    print("| what | batch | Pilot alone | Pilot + Copilot | fused / Pilot speed |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        ratio = row["pilot_s"] / row["fused_s"]
+        row["speed_ratio"] = ratio
+        if row["what"].startswith("generate"):
+            tokens = row["batch"] * args.new_tokens
+            row["pilot_tokens_per_s"], row["fused_tokens_per_s"] = tokens / row["pilot_s"], tokens / row["fused_s"]
+            cells = f"{row['pilot_tokens_per_s']:.0f} tok/s | {row['fused_tokens_per_s']:.0f} tok/s"
+        else:
+            cells = f"{row['pilot_s'] * 1e3:.1f} ms | {row['fused_s'] * 1e3:.1f} ms"
+        print(f"| {row['what']} | {row['batch']} | {cells} | {ratio:.2f}× |")
+
+
+def main() -> None:
+    args = parse_args()
+    model = build_models(args)
+    flop_share = cost_model(model).inference_share()
+    copilot_params = sum(p.numel() for p in model.base_model.copilot_model.parameters())
+    pilot_params = sum(p.numel() for p in model.base_model.model.parameters())
+    rows = measure_rows(model, args)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     fusion_mode = model.peft_config[model.active_adapter].fusion_mode
@@ -112,18 +126,7 @@ def main() -> None:
         f"tcopilot_peft {tcopilot_peft.__version__}, "
         f"threads {torch.get_num_threads()}\n"
     )
-    print("| what | batch | Pilot alone | Pilot + Copilot | fused / Pilot speed |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        ratio = row["pilot_s"] / row["fused_s"]
-        row["speed_ratio"] = ratio
-        if row["what"].startswith("generate"):
-            tokens = row["batch"] * args.new_tokens
-            row["pilot_tokens_per_s"], row["fused_tokens_per_s"] = tokens / row["pilot_s"], tokens / row["fused_s"]
-            cells = f"{row['pilot_tokens_per_s']:.0f} tok/s | {row['fused_tokens_per_s']:.0f} tok/s"
-        else:
-            cells = f"{row['pilot_s'] * 1e3:.1f} ms | {row['fused_s'] * 1e3:.1f} ms"
-        print(f"| {row['what']} | {row['batch']} | {cells} | {ratio:.2f}× |")
+    print_table(rows, args)
     if args.json:
         summary = {
             "args": vars(args),

@@ -22,8 +22,7 @@ import peft
 import torch
 import transformers
 import trl
-from common import TargetOnlySFTTrainer, random_llama  # noqa: E402  (benchmarks/ is the script directory)
-from datasets import Dataset
+from common import TargetOnlySFTTrainer, common_settings, random_llama, synthetic_dataset
 from peft import LoraConfig, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
@@ -31,41 +30,13 @@ import tcopilot_peft
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
 from tcopilot_peft.costs import cost_model
 from tcopilot_peft.demo.pipeline import StepTimer
-from tcopilot_peft.mistake_log import dense_error_bytes_per_token
+from tcopilot_peft.mistake_log import SAMPLING_POLICIES, dense_error_bytes_per_token
 from tcopilot_peft.toy import char_tokenizer
 
 
 def build_pilot(args) -> torch.nn.Module:
     pilot = random_llama(args.hidden, args.layers, args.vocab)
     return get_peft_model(pilot, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear"))
-
-
-def synthetic_dataset(args) -> Dataset:
-    """Pre-tokenised prompt/completion rows; the loss covers the completion (the second half)."""
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(args.steps * args.batch_size + args.batch_size):
-        ids = torch.randint(4, args.vocab, (args.length,), generator=generator).tolist()
-        half = args.length // 2
-        rows.append({"input_ids": ids, "completion_mask": [0] * half + [1] * (args.length - half)})
-    return Dataset.from_list(rows)
-
-
-def common_settings(args) -> dict:
-    return dict(
-        output_dir="/tmp/tcopilot-bench-training",
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=1e-4,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        logging_steps=10**6,
-        seed=0,
-        bf16=False,
-        max_length=None,
-    )
 
 
 def run(trainer_cls, config_cls, model, dataset, settings, **extra) -> tuple[float, object]:
@@ -85,7 +56,7 @@ def args_warmup(steps: int) -> int:
     return min(2, steps - 1)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=8)
@@ -95,10 +66,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--sampling", default="uniform", choices=["current", "uniform", "newest"])
+    parser.add_argument("--sampling", default="uniform", choices=SAMPLING_POLICIES)
     parser.add_argument("--json", help="also write the numbers to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def measure(args) -> tuple[list[tuple[float, float, float]], object, CopilotSFTTrainer]:
+    """Step times (plain, targets-only plain, Copilot) per round, and the last round's Copilot model and trainer."""
     dataset = synthetic_dataset(args)
     settings = common_settings(args)
     rounds = []
@@ -110,6 +84,12 @@ def main() -> None:
             CopilotSFTTrainer, CopilotSFTConfig, model, dataset, settings, mistake_log_sampling=args.sampling
         )
         rounds.append((plain_time, targets_time, copilot_time))
+    return rounds, model, trainer
+
+
+def main() -> None:
+    args = parse_args()
+    rounds, model, trainer = measure(args)
     plain_time, targets_time, copilot_time = (statistics.median(r[i] for r in rounds) for i in range(3))
 
     overhead = copilot_time / targets_time - 1
@@ -117,9 +97,32 @@ def main() -> None:
     share = cost_model(model).training_share(
         pilot_weights_train=False, target_fraction=target_fraction, dense_errors=args.sampling == "current"
     )
-    target = 1.3 * share + 0.05
     log_bytes = trainer.mistake_log.bytes_per_token
     dense = dense_error_bytes_per_token(args.vocab)
+    print_report(args, trainer, (plain_time, targets_time, copilot_time), share, log_bytes, dense)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "plain_step_s": plain_time,
+                    "targets_only_plain_step_s": targets_time,
+                    "copilot_step_s": copilot_time,
+                    "overhead": overhead,
+                    "flop_share": share,
+                    "mistake_log_bytes_per_token": log_bytes,
+                    "dense_bytes_per_token": dense,
+                    "rounds": rounds,
+                },
+                handle,
+                indent=2,
+            )
+
+
+def print_report(args, trainer, times: tuple[float, float, float], share: float, log_bytes: float, dense: int):
+    plain_time, targets_time, copilot_time = times
+    overhead = copilot_time / targets_time - 1
+    target = 1.3 * share + 0.05
     copilot_params = sum(p.numel() for p in trainer.copilot_parameters())
     print(
         f"Pilot: Llama d={args.hidden}, {args.layers} layers, vocab {args.vocab}, LoRA r={args.lora_r}; Copilot "
@@ -146,23 +149,6 @@ def main() -> None:
     print(f"| Mistake Log bytes per token | {log_bytes:.0f} B |")
     print(f"| dense 16-bit ℓ per token | {dense} B |")
     print(f"| Mistake Log / dense | {log_bytes / dense:.2%} (target ≤ 2%) |")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "plain_step_s": plain_time,
-                    "targets_only_plain_step_s": targets_time,
-                    "copilot_step_s": copilot_time,
-                    "overhead": overhead,
-                    "flop_share": share,
-                    "mistake_log_bytes_per_token": log_bytes,
-                    "dense_bytes_per_token": dense,
-                    "rounds": rounds,
-                },
-                handle,
-                indent=2,
-            )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
   LoRA. Its parameter count is the Pilot's plus about the Copilot's.
 * (f) **A logit ensemble with a separately fine-tuned small model of the Copilot's size**: a decoder with the
   Copilot's number of layers, initialised from the same Pilot layers the Copilot copies, fine-tuned fully on the
-  same data; at inference log p_P + w · log p_S, with w chosen on validation like λ.
+  same data; at inference log p_P + w · log p_S, with w chosen on validation like λ. For an encoder-decoder Pilot
+  the small model is a T5 keeping the same encoder and decoder blocks (`small_seq2seq`, `seq2seq_ensemble_generate`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import copy
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, LogitsProcessor, LogitsProcessorList
 
 
 def copilot_layer_indices(num_pilot_layers: int, num_copilot_layers: int) -> list[int]:
@@ -101,4 +102,52 @@ def ensemble_generate(pilot, small, weight: float, tokenizer, prompts: list[str]
             logits_processor=processors,
         )
         completions += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return completions
+
+
+def small_seq2seq(pilot_dir: str, layer_indices: list[int]) -> nn.Module:
+    """The pretrained T5 Pilot keeping only `layer_indices` of its encoder and of its decoder blocks."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(pilot_dir)
+    for stack in (model.encoder, model.decoder):
+        stack.block = nn.ModuleList([stack.block[i] for i in layer_indices])
+        for index, block in enumerate(stack.block):
+            block.layer[0].SelfAttention.layer_idx = index
+            if stack.is_decoder:
+                block.layer[1].EncDecAttention.layer_idx = index
+    model.config.num_layers = model.config.num_decoder_layers = len(layer_indices)
+    return model
+
+
+class Seq2SeqLogitEnsemble(LogitsProcessor):
+    """Adds `weight · log p_S` of a second seq2seq model, run on the same decoder prefix with its own encoding of the
+    batch's source (no cache: it is small and this is a control)."""
+
+    def __init__(self, model: nn.Module, weight: float, encoder_outputs, attention_mask: torch.Tensor):
+        self.model, self.weight = model, weight
+        self.encoder_outputs, self.attention_mask = encoder_outputs, attention_mask
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = self.model(
+            encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask, decoder_input_ids=input_ids
+        ).logits[:, -1]
+        return torch.log_softmax(scores.float(), -1) + self.weight * torch.log_softmax(logits.float(), -1)
+
+
+@torch.inference_mode()
+def seq2seq_ensemble_generate(pilot, small, weight: float, tokenizer, prompts: list[str], budget: int, batch_size=64):
+    """Greedy completions of the encoder-decoder logit ensemble log p_P + weight · log p_S."""
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        encoded = small.get_encoder()(**batch)
+        processors = LogitsProcessorList([Seq2SeqLogitEnsemble(small, weight, encoded, batch["attention_mask"])])
+        out = pilot.generate(
+            **batch,
+            max_new_tokens=budget,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
+        )
+        completions += tokenizer.batch_decode(out, skip_special_tokens=True)
     return completions

@@ -37,6 +37,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import LAMBDAS, TargetOnlySFTTrainer, grid_weight, seq2seq_rows, stamped_log
+from common import training_options as common_training_options
+from controls import LogitEnsemble, Seq2SeqLogitEnsemble
 from datasets import Dataset
 from peft import get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -73,13 +76,6 @@ from tcopilot_peft.evaluation.recommendation import (
 from tcopilot_peft.evaluation.statistics import choose_on_validation
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TargetOnlySFTTrainer  # noqa: E402
-from controls import LogitEnsemble  # noqa: E402
-from run_results import LAMBDAS, grid_weight  # noqa: E402
-from run_seq2seq import Seq2SeqLogitEnsemble, seq2seq_rows  # noqa: E402
-
-
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / ".." / "shared" / "data" / "openp5_beauty"
 K = max(KS)
@@ -90,8 +86,7 @@ WIDTH, FEED_FORWARD, HEADS, PILOT_LAYERS = 128, 512, 4, 4
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
 
 
-def log(message: str) -> None:
-    print(f"[beauty {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = stamped_log("beauty")
 
 
 # ---------------------------------------------------------------------- data, tokenizer, Pilots
@@ -128,19 +123,7 @@ def build_model(architecture: str, tokenizer, layers: int):
 
 
 def training_options(seed: int, epochs: float, output_dir: Path) -> dict:
-    return dict(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=64,
-        learning_rate=3e-3,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        logging_steps=50,
-        seed=seed,
-    )
+    return common_training_options(seed, epochs, output_dir, 64, 3e-3, 50)
 
 
 def train(architecture: str, model, tokenizer, rows: list[dict], seed: int, epochs: float, output_dir: Path, **extra):

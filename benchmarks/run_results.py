@@ -37,6 +37,8 @@ import peft
 import torch
 import transformers
 import trl
+from common import LAMBDAS, grid_weight, mean_std, stamped_log
+from controls import copilot_layer_indices, ensemble_generate, expanded_pilot, small_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,11 +61,6 @@ from tcopilot_peft.generation import generate_greedy
 from tcopilot_peft.tuner import CopilotConfig
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controls import copilot_layer_indices, ensemble_generate, expanded_pilot, small_model  # noqa: E402
-
-
-LAMBDAS = (0.3, 0.5, 1.0, 2.0, 4.0)
 HERE = Path(__file__).resolve().parent
 PILOTS = {"base": PILOT_DIR, "small": HERE / "pilots" / "small"}
 OPTIONAL_ARMS = ("paper", "holdout", "param_matched", "ensemble", "transfer")
@@ -72,13 +69,7 @@ HOLDOUT_FRACTION = 0.1
 PAPER_OBJECTIVE_MODES = ("prob", "logit")
 
 
-def log(message: str) -> None:
-    print(f"[results {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def grid_weight(key: str) -> float:
-    """The weight (λ or ensemble weight) of a validation grid key "<name>/<weight>"."""
-    return float(key.rsplit("/", 1)[-1])
+log = stamped_log("results")
 
 
 def choose_fusion(model, tokenizer, validation, budget: int, feed: str, modes: tuple[str, ...]) -> tuple[str, dict]:
@@ -299,12 +290,6 @@ def run_block(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir
 
 
 # ---------------------------------------------------------------------- tables
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def accuracy_points(items: list[bool]) -> float:

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 import transformers
-from datasets import Dataset
+from common import LAMBDAS, grid_weight, mean_std, seq2seq_rows, stamped_log
+from common import training_options as common_training_options
+from controls import copilot_layer_indices, seq2seq_ensemble_generate, small_seq2seq
 from peft import get_peft_model
 from torch import nn
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    LogitsProcessor,
-    LogitsProcessorList,
     Seq2SeqTrainer,
 )
 
@@ -46,47 +46,13 @@ from tcopilot_peft.evaluation.statistics import choose_on_validation, paired_gai
 from tcopilot_peft.generation import generate_greedy
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controls import copilot_layer_indices  # noqa: E402
-from run_results import LAMBDAS, grid_weight, mean_std  # noqa: E402
-
-
 HERE = Path(__file__).resolve().parent
 PILOT = HERE / "pilots" / "t5"
-
-
-def log(message: str) -> None:
-    print(f"[t5 {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def seq2seq_rows(tokenizer, rows: Dataset) -> Dataset:
-    """Prompt → completion pairs as encoder input ids and labels (the completion and end of sequence)."""
-    return Dataset.from_list(
-        [
-            {
-                "input_ids": tokenizer(r["prompt"]).input_ids,
-                "labels": tokenizer(r["completion"] + tokenizer.eos_token).input_ids,
-            }
-            for r in rows
-        ]
-    )
+log = stamped_log("t5")
 
 
 def training_options(seed: int, epochs: float, output_dir: Path, **overrides) -> dict:
-    return dict(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=32,
-        learning_rate=1e-3,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        logging_steps=10,
-        seed=seed,
-        **overrides,
-    )
+    return common_training_options(seed, epochs, output_dir, 32, 1e-3, 10, **overrides)
 
 
 def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[bool]:
@@ -150,59 +116,12 @@ def plain_step_seconds(splits, seed: int, workdir: Path) -> float:
     return statistics.median(timer.times[2:])
 
 
-def small_t5(layer_indices: list[int]) -> nn.Module:
-    """The pretrained Pilot keeping only `layer_indices` of its encoder and of its decoder blocks."""
-    model = AutoModelForSeq2SeqLM.from_pretrained(PILOT)
-    for stack in (model.encoder, model.decoder):
-        stack.block = nn.ModuleList([stack.block[i] for i in layer_indices])
-        for index, block in enumerate(stack.block):
-            block.layer[0].SelfAttention.layer_idx = index
-            if stack.is_decoder:
-                block.layer[1].EncDecAttention.layer_idx = index
-    model.config.num_layers = model.config.num_decoder_layers = len(layer_indices)
-    return model
-
-
-class Seq2SeqLogitEnsemble(LogitsProcessor):
-    """Adds `weight · log p_S` of a second seq2seq model, run on the same decoder prefix with its own encoding of the
-    batch's source (no cache: it is small and this is a control)."""
-
-    def __init__(self, model: nn.Module, weight: float, encoder_outputs, attention_mask: torch.Tensor):
-        self.model, self.weight = model, weight
-        self.encoder_outputs, self.attention_mask = encoder_outputs, attention_mask
-
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = self.model(
-            encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask, decoder_input_ids=input_ids
-        ).logits[:, -1]
-        return torch.log_softmax(scores.float(), -1) + self.weight * torch.log_softmax(logits.float(), -1)
-
-
-@torch.inference_mode()
-def ensemble_generate(pilot, small, weight: float, tokenizer, prompts: list[str], budget: int, batch_size=64):
-    completions = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-        encoded = small.get_encoder()(**batch)
-        processors = LogitsProcessorList([Seq2SeqLogitEnsemble(small, weight, encoded, batch["attention_mask"])])
-        out = pilot.generate(
-            **batch,
-            max_new_tokens=budget,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            logits_processor=processors,
-        )
-        completions += tokenizer.batch_decode(out, skip_special_tokens=True)
-    return completions
-
-
 def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model, copilot_layers: int) -> dict:
     """(f): the Pilot (a) (the joint run's, Copilot off) with a small T5 fine-tuned alone; w on validation."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     torch.manual_seed(seed)
     pilot_layers = AutoModelForSeq2SeqLM.from_pretrained(PILOT).config.num_decoder_layers
-    small = small_t5(copilot_layer_indices(pilot_layers, copilot_layers))
+    small = small_seq2seq(PILOT, copilot_layer_indices(pilot_layers, copilot_layers))
     Seq2SeqTrainer(
         model=small,
         args=transformers.Seq2SeqTrainingArguments(**training_options(seed, epochs, workdir / "f")),
@@ -211,18 +130,15 @@ def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model,
     ).train()
     small.eval()
     validation, test, budget = splits["validation"].to_list(), splits["test"].to_list(), splits["budget"]
+
+    def ensemble(weight: float, prompts: list[str]) -> list[str]:
+        return seq2seq_ensemble_generate(copilot_model, small, weight, tokenizer, prompts, budget)
+
     with copilot_model.disable_adapter():
-        grid = {
-            f"w/{w}": statistics.mean(
-                correct(
-                    ensemble_generate(copilot_model, small, w, tokenizer, [r["prompt"] for r in validation], budget),
-                    validation,
-                )
-            )
-            for w in LAMBDAS
-        }
+        prompts = [r["prompt"] for r in validation]
+        grid = {f"w/{w}": statistics.mean(correct(ensemble(w, prompts), validation)) for w in LAMBDAS}
         weight = grid_weight(choose_on_validation(grid, grid_weight))
-        outputs = ensemble_generate(copilot_model, small, weight, tokenizer, [r["prompt"] for r in test], budget)
+        outputs = ensemble(weight, [r["prompt"] for r in test])
     return {
         "ensemble": correct(outputs, test),
         "ensemble_weight": weight,
