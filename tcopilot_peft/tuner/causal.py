@@ -9,7 +9,8 @@ the runner runs it in those steps so the Copilot can read the decoder's states:
   positions only, and the Mistake Log's inputs; the Copilot is left to the trainer;
 * no labels (inference, Algorithm 2): fused logits at the kept positions.
 
-X̃ is the embedding layer's output, read the same way here and when the Mistake Log is replayed (`replay_memory`).
+X̃ is the embedding layer's output, looked up the same way here and when the Mistake Log is replayed
+(`replay_memory`).
 The runner reaches the tuner only through its public interface: `model` (the Pilot), `family` (where the Pilot's
 parts live), `active_config`, `active_network`, `copilot_layer`, `copilot_teacher_forced`, `fuse`, `count_skipped`,
 `warn_once_pilot_loss` and `generation_prompt_length`.
@@ -21,7 +22,7 @@ import torch
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, shift_targets, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
-from .layer import generated_positions
+from .layer import LayerPool, generated_positions
 from .outputs import CopilotCausalLMOutput
 
 
@@ -68,38 +69,40 @@ class CausalRunner:
     ) -> CopilotCausalLMOutput:
         """The Pilot's decoder, then the mode `labels` and `teacher_forcing` select (`CopilotModel.forward`)."""
         keep_hidden = kwargs.pop("output_hidden_states", False)
-        if inputs_embeds is None and input_ids is not None:
-            inputs_embeds = self._embed(input_ids)  # X̃: embedded here, as at replay, and handed to the decoder
-        decoder = self.tuner.family.module(self.tuner.model, "decoder")
-        decoder_out = decoder(
-            attention_mask=attention_mask, inputs_embeds=inputs_embeds, output_hidden_states=True, **kwargs
-        )
+        tuner = self.tuner
+        decoder, layers = tuner.family.module(tuner.model, "decoder"), tuner.family.module(tuner.model, "layers")
+        with LayerPool(decoder, layers, tuner.active_config.pooled_layers) as pool:
+            decoder_out = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_hidden_states=keep_hidden,
+                **kwargs,
+            )
+        memory_h = pool.mean()
+        # X̃ is what the decoder's first layer read: the embedding of the ids (looked up again here, as at replay, so
+        # the decoder is called as the Pilot's own forward calls it), or the embeddings given.
+        memory_x = (inputs_embeds if inputs_embeds is not None else self._embed(input_ids)).detach()
         if labels is None:
             output = self._inference(
-                decoder_out, inputs_embeds, attention_mask, logits_to_keep, prompt_length, components
+                decoder_out, memory_x, memory_h, attention_mask, logits_to_keep, prompt_length, components
             )
         elif teacher_forcing:
-            output = self._teacher_forced(decoder_out, inputs_embeds, attention_mask, labels, logits_to_keep, kwargs)
+            output = self._teacher_forced(
+                decoder_out, memory_x, memory_h, attention_mask, labels, logits_to_keep, kwargs
+            )
         else:
-            output = self._training_step(decoder_out, inputs_embeds, labels, kwargs)
+            output = self._training_step(decoder_out, memory_x, memory_h, labels, kwargs)
         output.hidden_states = decoder_out.hidden_states if keep_hidden else None
         output.attentions = decoder_out.get("attentions")
         return output
 
-    def _memory(self, decoder_out, inputs_embeds) -> tuple[torch.Tensor, torch.Tensor]:
-        """X̃ (detached) and the layer-pooled Pilot states."""
-        pooled = self.tuner.copilot_layer.pool_layers(
-            decoder_out.hidden_states, self.tuner.active_config.pooled_layers
-        )
-        return inputs_embeds.detach(), pooled
-
-    def _training_step(self, decoder_out, inputs_embeds, labels, kw) -> CopilotCausalLMOutput:
+    def _training_step(self, decoder_out, memory_x, memory_h, labels, kw) -> CopilotCausalLMOutput:
         """`CopilotSFTTrainer`'s step: the LM head only where there is a target, like TRL's own loss; no Copilot."""
         hidden = decoder_out.last_hidden_state
         targets = shift_targets(labels)
         valid = targets != IGNORE_INDEX
         target_logits = self.head(hidden[valid])
-        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         return CopilotCausalLMOutput(
             loss=_cross_entropy(target_logits, targets[valid], kw.get("num_items_in_batch")),
             pilot_target_logits=target_logits,
@@ -109,7 +112,7 @@ class CausalRunner:
         )
 
     def _teacher_forced(
-        self, decoder_out, inputs_embeds, attention_mask, labels, logits_to_keep, kw
+        self, decoder_out, memory_x, memory_h, attention_mask, labels, logits_to_keep, kw
     ) -> CopilotCausalLMOutput:
         """The Copilot on the Pilot's true errors: fused logits, the Pilot's loss and the Copilot's."""
         tuner, hidden = self.tuner, decoder_out.last_hidden_state
@@ -117,7 +120,6 @@ class CausalRunner:
         if cache is not None and cache.get_seq_length() > hidden.shape[1]:
             raise ValueError("The teacher-forced Copilot forward (with labels) cannot continue from a KV cache.")
         tuner.warn_once_pilot_loss()
-        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         key_valid = _key_valid(attention_mask, *hidden.shape[:2], hidden.device)
         pilot_logits = self.head(_keep_positions(hidden, logits_to_keep))
         loss = tuner.model.loss_function(logits=pilot_logits, labels=labels, vocab_size=pilot_logits.shape[-1], **kw)
@@ -137,13 +139,12 @@ class CausalRunner:
             **{CACHE_FIELD: cache},
         )
 
-    def _inference(self, decoder_out, inputs_embeds, attention_mask, logits_to_keep, prompt_length, components):
+    def _inference(self, decoder_out, memory_x, memory_h, attention_mask, logits_to_keep, prompt_length, components):
         """Algorithm 2 over this call's positions: fused logits at the kept positions, and (unless fused in hidden
         space, `components=False` with logit fusion) the Pilot's logits and the correction."""
         tuner = self.tuner
         config, layer, head = tuner.active_config, tuner.copilot_layer, self.head
         hidden = decoder_out.last_hidden_state
-        memory_x, memory_h = self._memory(decoder_out, inputs_embeds)
         batch, length = memory_x.shape[:2]
         cache = decoder_out.get(CACHE_FIELD)
         view = None

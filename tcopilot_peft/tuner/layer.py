@@ -84,18 +84,6 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
                 self._gram_cache = (key, head.float().T @ embedding.float())
         return self._gram_cache[1]
 
-    @staticmethod
-    def pool_layers(hidden_states: tuple[torch.Tensor, ...], pooled_layers: list[int] | None) -> torch.Tensor:
-        """The mean over the pooled Pilot layers (detached), each layer RMS-normalised first.
-
-        `hidden_states[0]` is the embedding output and is not pooled; the last entry is post-final-norm while the
-        others are raw residual streams, so every layer is normalised before averaging.
-        """
-        layers = hidden_states[1:]
-        stacked = torch.stack([layers[i] for i in pooled_layers] if pooled_layers else list(layers)).float()
-        stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return stacked.mean(0).detach()
-
     # ------------------------------------------------------------------ teacher-forced (training, scoring)
 
     def teacher_forced(
@@ -231,6 +219,55 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
             previous = outputs[-1][:, -1:].float() @ gram
         u = torch.cat(outputs, dim=1)
         return u, u.float() @ gram
+
+
+class LayerPool:
+    """The mean over the pooled Pilot layers, each RMS-normalised first, summed as the decoder runs (forward hooks,
+    removed on leaving the `with` block): memory holds one running sum whatever the Pilot's depth, where keeping every
+    layer's states to pool them afterwards held (L + 1)·B·T·d values.
+
+    Layer i's entry is its output (a raw residual stream), except the last layer's, which is the decoder's final,
+    normalised output (as transformers' `hidden_states` list them); hence every entry is normalised before averaging.
+    With `first_input`, the first layer's input (the decoder's input embeddings) is kept too, as `first_input`.
+    """
+
+    def __init__(
+        self, decoder: nn.Module, layers: nn.ModuleList, pooled_layers: list[int] | None, first_input: bool = False
+    ) -> None:
+        count = len(layers)
+        self.indices = [i % count for i in pooled_layers] if pooled_layers else list(range(count))
+        self.total: torch.Tensor | None = None
+        self.first_input: torch.Tensor | None = None
+        self._hooks = [(layers[i], i) for i in sorted(set(self.indices)) if i < count - 1]
+        self._hooks += [(decoder, count - 1)] if count - 1 in self.indices else []
+        self._first = layers[0] if first_input else None
+        self._handles: list = []
+
+    def __enter__(self) -> LayerPool:
+        for module, index in self._hooks:
+            repeats = self.indices.count(index)
+            self._handles.append(module.register_forward_hook(lambda m, a, out, k=repeats: self._add(out, k)))
+        if self._first is not None:
+            self._handles.append(self._first.register_forward_pre_hook(self._keep_first_input, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _add(self, output, repeats: int) -> None:
+        states = (output if isinstance(output, torch.Tensor) else output[0]).detach().float()
+        normed = states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + 1e-6)
+        for _ in range(repeats):
+            self.total = normed if self.total is None else self.total + normed
+
+    def _keep_first_input(self, module, args, kwargs) -> None:
+        self.first_input = args[0] if args else kwargs["hidden_states"]
+
+    def mean(self) -> torch.Tensor:
+        """The pooled states `(batch, length, d_P)`, float32, detached."""
+        return self.total / len(self.indices)
 
 
 def generated_positions(prompt_length, past: int, batch: int, length: int, device) -> torch.Tensor:

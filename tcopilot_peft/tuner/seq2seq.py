@@ -20,7 +20,7 @@ import torch
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
-from .layer import generated_positions
+from .layer import LayerPool, generated_positions
 from .outputs import CopilotSeq2SeqLMOutput
 
 
@@ -69,20 +69,22 @@ class Seq2SeqRunner:
         tuner = self.tuner
         kwargs.pop("num_items_in_batch", None)  # T5's loss is its own mean over label tokens; it takes no token count
         keep_hidden = kwargs.pop("output_hidden_states", False)
-        pilot_out = tuner.pilot_forward(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            labels=labels,
-            output_hidden_states=True,
-            **kwargs,
-        )
+        family = tuner.family
+        decoder, layers = family.module(tuner.model, "decoder"), family.module(tuner.model, "layers")
+        with LayerPool(decoder, layers, tuner.active_config.pooled_layers, first_input=True) as pool:
+            pilot_out = tuner.pilot_forward(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                labels=labels,
+                output_hidden_states=keep_hidden,
+                **kwargs,
+            )
         encoder = pilot_out.encoder_last_hidden_state.detach()
         key_valid = (
             attention_mask.bool() if attention_mask is not None else torch.ones(encoder.shape[:2], dtype=torch.bool)
         ).to(encoder.device)
-        token_embeds = pilot_out.decoder_hidden_states[0]  # the decoder's input embeddings (its tokens' ŷ·E)
-        memory_h = tuner.copilot_layer.pool_layers(pilot_out.decoder_hidden_states, tuner.active_config.pooled_layers)
+        token_embeds, memory_h = pool.first_input, pool.mean()  # the decoder's input embeddings: its tokens' ŷ·E
         if labels is None:
             fields = self._inference(pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length)
         elif teacher_forcing:

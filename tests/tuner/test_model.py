@@ -188,3 +188,28 @@ def test_inject_adapter_in_model_refuses_with_the_reason_instead_of_a_silent_no_
     assert not hasattr(pilot, "peft_config")
     after = pilot.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("pooled_layers", [None, [0, -1]])
+def test_prefill_pools_as_the_layers_run_with_the_values_of_pooling_every_kept_state(family, pooled_layers):
+    from tests.conftest import tiny_t5
+
+    pilot = tiny_t5() if family == "t5" else tiny_pilot(layers=6)
+    model = get_peft_model(pilot, CopilotConfig(pooled_layers=pooled_layers))
+    ids = torch.randint(3, 97, (2, 7))
+    decoder = pilot.get_decoder()
+    seen = []
+    handle = decoder.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get("output_hidden_states")), with_kwargs=True
+    )
+    out = model(input_ids=ids, labels=ids, copilot_teacher_forcing=False)
+    handle.remove()
+    assert seen == [False]  # no per-layer states are kept: memory does not grow with depth
+    with torch.no_grad():
+        states = pilot(input_ids=ids, labels=ids, output_hidden_states=True)
+    states = states.decoder_hidden_states if family == "t5" else states.hidden_states
+    layers = states[1:]
+    stacked = torch.stack([layers[i] for i in pooled_layers] if pooled_layers else list(layers)).float()
+    stacked = stacked * torch.rsqrt(stacked.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(out.copilot_memory_h, stacked.mean(0))
