@@ -267,3 +267,44 @@ def test_objectives_refuse_a_duplicate_name_or_an_unknown_fusion():
         Objective("x", "x", error_distance, "prob", "oracle", ("prob",), ())
     defaults = {name: (o.fusion_mode, o.inference_feed) for name, o in OBJECTIVES.items()}
     assert defaults == {"fused_ce": ("logit", "pilot_error"), "rmse": ("prob", "copilot"), "mse": ("prob", "copilot")}
+
+
+@pytest.mark.parametrize("form", ["dense", "sparse", "sparse_whole_vocabulary"])
+@pytest.mark.parametrize("chunk_size", [None, 3, 7])
+def test_the_loss_from_the_head_equals_the_loss_of_the_built_correction(form, chunk_size, monkeypatch):
+    """`copilot_loss_from_head` (vocabulary chunks, f never built) against `copilot_loss` of f = W·u: values and
+    gradients, for dense p̂, the Mistake Log's top-k, and a top-k covering the whole vocabulary (no tail)."""
+    from tcopilot_peft.fusion import copilot_loss_from_head, head
+
+    if chunk_size is not None:
+        monkeypatch.setattr(head, "HEAD_CHUNK_ELEMENTS", 6 * chunk_size)  # 6 rows below: `chunk_size` columns
+    generator = torch.Generator().manual_seed(0)
+    vocab, k = (11, 4) if form != "sparse_whole_vocabulary" else (5, 5)
+    weight = torch.randn(vocab, 8, generator=generator)
+    logits = 2 * torch.randn(6, vocab, generator=generator)
+    logits[0, 3] = float("-inf")  # a masked token: log p̂ = -inf there
+    targets = torch.tensor([0, 3, -100, 7 % vocab, 1, 4])
+    log_probs = torch.log_softmax(logits, -1)
+    if form == "dense":
+        prediction = PilotPrediction(log_probs=log_probs)
+    else:
+        top = log_probs.exp().topk(k)
+        gold = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        prediction = PilotPrediction(topk_probs=top.values.half(), topk_ids=top.indices, gold_log_probs=gold)
+    for kind in ("fused_ce", "rmse"):
+        built = torch.randn(6, 8, generator=generator).requires_grad_()
+        chunked = built.detach().clone().requires_grad_()
+        expected = copilot_loss(torch.nn.functional.linear(built, weight), targets, prediction, kind=kind)
+        loss = copilot_loss_from_head(chunked, weight, targets, prediction, kind=kind)
+        expected.backward()
+        loss.backward()
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(chunked.grad, built.grad)
+        assert torch.isfinite(chunked.grad).all()
+
+
+def test_head_logsumexp_refuses_a_head_that_wants_a_gradient():
+    from tcopilot_peft.fusion import head_logsumexp
+
+    with pytest.raises(ValueError, match="detached"):
+        head_logsumexp(torch.zeros(2, 3), torch.zeros(4, 3, requires_grad=True))

@@ -8,10 +8,12 @@ cross-entropy (`"fused_ce"`); with the paper's objective, a regression of ℓ it
 
 - `fuse.py`: fusing `f` into `z` (`fuse_logits`) and where the Pilot's prediction is undefined;
 - `prediction.py`: the Pilot's prediction p̂ (`PilotPrediction`) and the error the Copilot reads (`error_embedding`);
-- `objectives.py`: the training objectives (`OBJECTIVES`, `register_objective`, `copilot_loss`).
+- `objectives.py`: the training objectives (`OBJECTIVES`, `register_objective`, `copilot_loss`);
+- `head.py`: the loss's |V|-sized log-sum-exp straight from the LM head, in vocabulary chunks (`head_logsumexp`).
 """
 
 from .fuse import FUSION_MODES, fuse_logits, undefined_predictions
+from .head import head_logsumexp
 from .objectives import (
     COPILOT_LOSSES,
     DEFAULT_OBJECTIVE,
@@ -19,8 +21,10 @@ from .objectives import (
     OBJECTIVES,
     Objective,
     copilot_loss,
+    copilot_loss_from_head,
     error_distance,
     fused_cross_entropy,
+    fused_cross_entropy_from_head,
     get_objective,
     register_objective,
 )
@@ -37,11 +41,14 @@ __all__ = [
     "Objective",
     "PilotPrediction",
     "copilot_loss",
+    "copilot_loss_from_head",
     "error_distance",
     "error_embedding",
     "fuse_logits",
     "fused_cross_entropy",
+    "fused_cross_entropy_from_head",
     "get_objective",
+    "head_logsumexp",
     "register_objective",
     "shift_targets",
     "undefined_predictions",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .fuse import FUSION_MODES
+from .head import head_logsumexp
 from .prediction import IGNORE_INDEX, PilotPrediction
 
 
@@ -67,26 +68,61 @@ def fused_cross_entropy(correction: torch.Tensor, target_ids: torch.Tensor, pred
     if prediction.is_dense:
         fused = prediction.log_probs + f
         return torch.logsumexp(fused, dim=-1) - fused.gather(-1, y).squeeze(-1)
+    # Known tokens are masked with the lowest finite float, not -inf, so that a row without a tail (a top-k covering
+    # the vocabulary) keeps a finite log-sum-exp and gradient, which `_sparse_fused_cross_entropy` then discards.
+    tail_f = f.scatter(-1, prediction.topk_ids, torch.finfo(f.dtype).min)
+    tail_f.scatter_(-1, y, torch.finfo(f.dtype).min)
+    f_top, f_y = f.gather(-1, prediction.topk_ids), f.gather(-1, y).squeeze(-1)
+    tail = torch.logsumexp(tail_f, dim=-1)
+    return _sparse_fused_cross_entropy(f_top, f_y, tail, target_ids, prediction, f.shape[-1])
+
+
+def fused_cross_entropy_from_head(
+    hidden: torch.Tensor, head_weight: torch.Tensor, target_ids: torch.Tensor, prediction: PilotPrediction
+) -> torch.Tensor:
+    """`fused_cross_entropy` of the correction f = W·u, computed from u and W without building f: its |V|-sized
+    log-sum-exp runs in vocabulary chunks (`head_logsumexp`), and f is read only at the ids the loss names.
+
+    Args:
+        hidden (`torch.Tensor` of shape `(N, d)`): the Copilot's output u at the target positions.
+        head_weight (`torch.Tensor` of shape `(vocab, d)`): the Pilot's LM head W (no gradient reaches it).
+        target_ids, prediction: as for `fused_cross_entropy`, packed at the same `N` positions.
+    """
+    u = hidden.to(head_weight.dtype)
+    y = target_ids.clamp_min(0)
+    f_y = (u * head_weight[y]).sum(-1).float()
+    if prediction.is_dense:
+        log_p = prediction.log_probs
+        return head_logsumexp(u, head_weight, bias=log_p) - log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1) - f_y
+    ids = prediction.topk_ids
+    f_top = torch.einsum("nd,nkd->nk", u, head_weight[ids]).float()
+    tail = head_logsumexp(u, head_weight, excluded=torch.cat([ids, y.unsqueeze(-1)], dim=-1))
+    return _sparse_fused_cross_entropy(f_top, f_y, tail, target_ids, prediction, head_weight.shape[0])
+
+
+def _sparse_fused_cross_entropy(
+    f_top: torch.Tensor,
+    f_y: torch.Tensor,
+    tail_logsumexp: torch.Tensor,
+    target_ids: torch.Tensor,
+    prediction: PilotPrediction,
+    vocab_size: int,
+) -> torch.Tensor:
+    """The sparse fused cross-entropy from f at the top-k ids and at y, and the log-sum-exp of f over the tail."""
     if prediction.gold_log_probs is None:
         raise ValueError("The sparse fused cross-entropy needs the gold token's log-probability (`gold_log_probs`).")
     ids, gold_log_p = prediction.topk_ids, prediction.gold_log_probs.float()
-    f_y = f.gather(-1, y).squeeze(-1)
-    gold_in_top = ids == y
+    gold_in_top = ids == target_ids.clamp_min(0).unsqueeze(-1)
     gold_outside = ~gold_in_top.any(-1)
     # Log-probabilities of the known tokens; the gold one always from its own float32 log-probability (its 16-bit
     # top-k copy can underflow to 0 for a confidently wrong Pilot, which would leave the loss unbounded below).
     log_p_top = torch.where(gold_in_top, gold_log_p.unsqueeze(-1), prediction.topk_probs.float().log())
     gold_term = torch.where(gold_outside, gold_log_p + f_y, float("-inf")).unsqueeze(-1)
-    known = torch.cat([log_p_top + f.gather(-1, ids), gold_term], dim=-1)
+    known = torch.cat([log_p_top + f_top, gold_term], dim=-1)
     known_mass = log_p_top.exp().sum(-1) + torch.where(gold_outside, gold_log_p.exp(), 0.0)
-    # The tail: every token outside the top-k and the gold one, each given an equal share of the remaining mass. This
-    # is the one |V|-sized part of the loss (a hot path): one masked copy of f and one log-sum-exp over it. Known
-    # tokens are masked with the lowest finite float, not -inf, so that a row without a tail (a top-k covering the
-    # vocabulary) keeps a finite log-sum-exp and gradient, which `has_tail` then discards.
-    tail_f = f.scatter(-1, ids, torch.finfo(f.dtype).min)
-    tail_f.scatter_(-1, y, torch.finfo(f.dtype).min)
-    tail_size = f.shape[-1] - ids.shape[-1] - gold_outside.long()  # the top-k ids are distinct; y may be among them
-    log_tail_mean = torch.logsumexp(tail_f, dim=-1) - tail_size.clamp_min(1).float().log()
+    # The tail: every token outside the top-k and the gold one, each given an equal share of the remaining mass.
+    tail_size = vocab_size - ids.shape[-1] - gold_outside.long()  # the top-k ids are distinct; y may be among them
+    log_tail_mean = tail_logsumexp - tail_size.clamp_min(1).float().log()
     log_tail = torch.where(tail_size > 0, (1.0 - known_mass).clamp_min(0.0).log() + log_tail_mean, float("-inf"))
     log_normaliser = torch.logsumexp(torch.cat([known, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
     return log_normaliser - gold_log_p - f_y
@@ -107,6 +143,9 @@ class Objective:
             sweep chooses a fusion on validation data).
         diagnostics (`tuple[str, ...]`): the teacher-forced skills of `evaluation.diagnostics` worth logging for
             it (`"copilot_ce_skill"` for every objective; `"copilot_rmse_skill"` only where `f` estimates ℓ).
+        per_token_from_head (`Callable`, *optional*): the same loss from the Copilot's output u and the LM head W,
+            `(u, head_weight, target_ids, prediction) -> loss`, without building f = W·u (training needs only the
+            loss); unset, f is built and `per_token` reads it.
     """
 
     name: str
@@ -116,6 +155,9 @@ class Objective:
     inference_feed: str
     fusion_modes: tuple[str, ...]
     diagnostics: tuple[str, ...]
+    per_token_from_head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PilotPrediction], torch.Tensor] | None = (
+        None
+    )
 
     def __post_init__(self) -> None:
         if self.fusion_mode not in FUSION_MODES or not set(self.fusion_modes) <= set(FUSION_MODES):
@@ -158,18 +200,23 @@ register_objective(
         inference_feed="pilot_error",
         fusion_modes=("logit",),
         diagnostics=("copilot_ce_skill",),
+        per_token_from_head=fused_cross_entropy_from_head,
     )
 )
-# The paper's objective keeps the paper's probability-space fusion (Eq. 8) and Algorithm 2's feed.
+# The paper's objective and its squared variant keep the paper's probability-space fusion (Eq. 8) and Algorithm 2's
+# feed; `f` estimates ℓ, so the regression skill means something for them.
+REGRESSION_SETTINGS = dict(
+    fusion_mode="prob",
+    inference_feed="copilot",
+    fusion_modes=("prob", "logit"),
+    diagnostics=("copilot_ce_skill", "copilot_rmse_skill"),
+)
 register_objective(
     Objective(
         name="rmse",
         help="the paper's objective, the per-token L2 norm ||f − ℓ|| (Eq. 7)",
         per_token=error_distance,
-        fusion_mode="prob",
-        inference_feed="copilot",
-        fusion_modes=("prob", "logit"),
-        diagnostics=("copilot_ce_skill", "copilot_rmse_skill"),
+        **REGRESSION_SETTINGS,
     )
 )
 register_objective(
@@ -177,10 +224,7 @@ register_objective(
         name="mse",
         help="the squared norm ||f − ℓ||², otherwise as 'rmse'",
         per_token=error_distance_squared,
-        fusion_mode="prob",
-        inference_feed="copilot",
-        fusion_modes=("prob", "logit"),
-        diagnostics=("copilot_ce_skill", "copilot_rmse_skill"),
+        **REGRESSION_SETTINGS,
     )
 )
 # The registered objectives' names, "fused_ce" (the default) first.
@@ -199,6 +243,33 @@ def copilot_loss(
     over tokens; `kind="mse"` is the per-token squared norm. Returns a scalar (zero, still differentiable, when there
     is no valid token).
     """
-    per_token = get_objective(kind).per_token(correction, target_ids, prediction)
+    return _token_mean(get_objective(kind).per_token(correction, target_ids, prediction), target_ids)
+
+
+def copilot_loss_from_head(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    target_ids: torch.Tensor,
+    prediction: PilotPrediction,
+    kind: str = DEFAULT_OBJECTIVE,
+) -> torch.Tensor:
+    """`copilot_loss` of the correction f = W·u through the LM head (`torch.nn.functional.linear(u, W)` in W's dtype,
+    then float32), without building f where the objective can (`Objective.per_token_from_head`).
+
+    Args:
+        hidden (`torch.Tensor` of shape `(N, d)`): the Copilot's output u at the target positions.
+        head_weight (`torch.Tensor` of shape `(vocab, d)`): the Pilot's LM head W, detached.
+        target_ids, prediction, kind: as for `copilot_loss`, packed at the same `N` positions.
+    """
+    objective = get_objective(kind)
+    if objective.per_token_from_head is not None:
+        per_token = objective.per_token_from_head(hidden, head_weight, target_ids, prediction)
+    else:
+        correction = torch.nn.functional.linear(hidden.to(head_weight.dtype), head_weight).float()
+        per_token = objective.per_token(correction, target_ids, prediction)
+    return _token_mean(per_token, target_ids)
+
+
+def _token_mean(per_token: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     valid = target_ids != IGNORE_INDEX
     return torch.where(valid, per_token, 0.0).sum() / valid.sum().clamp_min(1)

@@ -176,6 +176,7 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
                     key_valid,
                     targets,
                     PilotPrediction.from_logits(outputs.pilot_target_logits),
+                    loss_only=True,
                 )
             else:
                 size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size

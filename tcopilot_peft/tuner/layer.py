@@ -20,7 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, error_embedding
+from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, copilot_loss_from_head, error_embedding
 from .cache import CopilotCacheView
 from .network import CopilotNetwork
 
@@ -95,12 +95,13 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         prediction: PilotPrediction,
         loss_kind: str,
         full_correction: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The Copilot on the true errors: (f, its `loss_kind` loss averaged over target positions).
 
         `targets[:, t]` is the gold token after position t (-100 where there is none). p̂ is given per position or
         packed at the target positions only (row-major). f is returned at the target positions (`(N, |V|)`), or at
-        every position (`(B, T, |V|)`) with `full_correction`.
+        every position (`(B, T, |V|)`) with `full_correction`, or not at all (`None`) with `loss_only`.
         """
         valid = targets != IGNORE_INDEX
         gold = targets[valid]
@@ -109,6 +110,8 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         errors[valid] = error_embedding(self.embedding_weight(), gold, prediction)
         inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
         u = self.active_network(inputs, memory_x, memory_h, key_valid)
+        if loss_only:  # training needs only the loss: f = W·u is not built whole where the objective can avoid it
+            return None, copilot_loss_from_head(u[valid], self.head_weight(), gold, prediction, kind=loss_kind)
         if full_correction:
             correction = self.head(u)
             at_targets = correction[valid]

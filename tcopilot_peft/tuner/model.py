@@ -286,16 +286,17 @@ class CopilotModel(BaseTuner):
         prediction: PilotPrediction,
         loss_kind: str | None = None,
         full_correction: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Run the active Copilot teacher-forced on the Pilot's errors and return (f, loss).
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
         Mistake Log replay (logged errors, top-k p̂); see `CopilotLayer.teacher_forced`. `loss_kind` defaults to the
-        active adapter's `copilot_loss`.
+        active adapter's `copilot_loss`. With `loss_only`, f is not built (it is returned as `None`).
         """
         kind = loss_kind or self.active_config.copilot_loss
         return self.copilot_layer.teacher_forced(
-            memory_x, memory_h, key_valid, targets, prediction, kind, full_correction=full_correction
+            memory_x, memory_h, key_valid, targets, prediction, kind, full_correction, loss_only
         )
 
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:
@@ -306,7 +307,7 @@ class CopilotModel(BaseTuner):
         with torch.no_grad():
             memory_x, key_valid = self.runner.replay_memory(batch)
         _, loss = self.copilot_teacher_forced(
-            memory_x, batch.hidden, key_valid, batch.targets, batch.prediction(), loss_kind=loss_kind
+            memory_x, batch.hidden, key_valid, batch.targets, batch.prediction(), loss_kind=loss_kind, loss_only=True
         )
         return loss
 
