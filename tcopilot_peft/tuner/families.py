@@ -2,8 +2,9 @@
 
 An entry says everything the tuner needs to know about a family: which runner runs it (`CausalRunner` for decoder-only
 Pilots, `Seq2SeqRunner` for encoder-decoder ones), which Copilot network serves it and how that network's config is
-derived from the Pilot (or from a smaller pretrained decoder of the family), what positions the family uses (recorded
-as data: the Copilot itself has none), where its decoder, decoder layers, final norm, embedding and LM head live, how
+derived from the Pilot (or from a smaller pretrained decoder of the family), what positions the family uses (as data,
+which a Copilot with `copilot_positions="rotary"` records and rebuilds its rotary embedding from), where its decoder,
+decoder layers, final norm, embedding and LM head live, how
 a Copilot block's weights are copied from a decoder layer (by state-dict key), how X̃ (the Copilot's first memory) is
 read, and the default LoRA targets of a LoRA-tuned Pilot.
 
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from .bnb import base_linear
 from .causal import CausalRunner
@@ -35,7 +39,9 @@ class PilotFamily:
         network_class: the Copilot network; `network_config_class` its config.
         architecture: `(pilot, source, config, num_layers) -> network config`: blocks of the source's shape (the
             Pilot's, or the pretrained decoder's) reading the Pilot's width.
-        positions: `(text config) -> dict`: what positions the family's own layers use (data only).
+        positions: `(text config) -> dict`: what positions the family's own layers use, as JSON-ready data (a rotary
+            Copilot saves it in its architecture and rebuilds its rotary embedding from it).
+        rotary_embeddings: model_type → the transformers rotary embedding of that model type (none for T5).
         paths: where the parts live, as `get_submodule` paths from the Pilot: `decoder` (what the causal runner
             runs), `layers` (the decoder layers the Copilot's blocks copy), `norm`, `embedding`, `head`.
         num_layers_field: the text config's field holding the decoder's depth.
@@ -50,6 +56,7 @@ class PilotFamily:
     network_config_class: type
     architecture: Callable[[nn.Module, nn.Module, CopilotConfig, int], object]
     positions: Callable[[object], dict]
+    rotary_embeddings: dict[str, type[nn.Module]]
     paths: dict[str, str]
     num_layers_field: str
     weight_map: dict[str, str]
@@ -83,10 +90,23 @@ def _llama_architecture(pilot: nn.Module, source: nn.Module, config: CopilotConf
         rms_norm_eps=getattr(shape, "rms_norm_eps", 1e-6),
         attention_bias=base_linear(first_layer.self_attn.q_proj).bias is not None,
         dropout=config.dropout,
+        # The rope the copied layers were trained with: the source's (the Pilot, or the pretrained decoder).
+        positions=family_of(source).positions(shape) if config.copilot_positions == "rotary" else None,
+        same_position=config.copilot_same_position,
     )
 
 
 def _t5_architecture(pilot: nn.Module, source: nn.Module, config: CopilotConfig, num_layers: int):
+    if config.copilot_positions != "none":
+        raise ValueError(
+            f"CopilotConfig.copilot_positions={config.copilot_positions!r} does not apply to a T5 Pilot: its Copilot "
+            "always has T5's relative position bias; leave it 'none'."
+        )
+    if config.copilot_same_position != "none":
+        raise ValueError(
+            f"CopilotConfig.copilot_same_position={config.copilot_same_position!r} is not supported for a T5 Pilot: "
+            "its Copilot does not read the decoder's token embeddings; leave it 'none'."
+        )
     shape = source.config
     return T5CopilotNetworkConfig(
         memory_size=pilot.config.d_model,
@@ -105,8 +125,13 @@ def _t5_architecture(pilot: nn.Module, source: nn.Module, config: CopilotConfig,
 
 
 def _rotary(text_config) -> dict:
-    rope = dict(getattr(text_config, "rope_parameters", None) or {})
-    return {"kind": "rotary", "rope_type": rope.get("rope_type", "default"), "theta": rope.get("rope_theta")}
+    """Rotary positions: the rope parameters (type, θ, scaling) and the context length the rope types read."""
+    return {
+        "kind": "rotary",
+        "model_type": text_config.model_type,
+        "rope_parameters": dict(text_config.rope_parameters),
+        "max_position_embeddings": text_config.max_position_embeddings,
+    }
 
 
 def _t5_relative_bias(text_config) -> dict:
@@ -148,6 +173,11 @@ _LLAMA_FAMILY = PilotFamily(
     network_config_class=CopilotNetworkConfig,
     architecture=_llama_architecture,
     positions=_rotary,
+    rotary_embeddings={
+        "llama": LlamaRotaryEmbedding,
+        "qwen2": Qwen2RotaryEmbedding,
+        "mistral": MistralRotaryEmbedding,
+    },
     paths={
         "decoder": "model",
         "layers": "model.layers",
@@ -173,6 +203,7 @@ FAMILIES: dict[str, PilotFamily] = {
         network_config_class=T5CopilotNetworkConfig,
         architecture=_t5_architecture,
         positions=_t5_relative_bias,
+        rotary_embeddings={},
         paths={
             "decoder": "decoder",
             "layers": "decoder.block",
@@ -204,6 +235,17 @@ def family_of(model: nn.Module) -> PilotFamily:
             f"({type(model).__name__}); supported: {', '.join(FAMILIES)}."
         )
     return FAMILIES[model_type]
+
+
+def rotary_embedding_class(model_type: str) -> type[nn.Module]:
+    """The transformers rotary embedding of a model type, refused by name when its family has none."""
+    rotary = FAMILIES[model_type].rotary_embeddings if model_type in FAMILIES else {}
+    if model_type not in rotary:
+        raise ValueError(
+            f"Rotary Copilot positions need a rotary family ({', '.join(_LLAMA_FAMILY.rotary_embeddings)}), "
+            f"got model_type {model_type!r}."
+        )
+    return rotary[model_type]
 
 
 def default_lora_targets(pilot: nn.Module) -> list[str] | str:

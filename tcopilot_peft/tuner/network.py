@@ -3,7 +3,7 @@
 Read top to bottom: RMSNorm, SwiGLU MLP, one attention module used both as causal self-attention and as the
 paper's modified cross-attention (Eq. 6), a block, and the network.
 
-    error_embeds (ℓ_{<i}·E, d_P) ──input_proj──►  x  (d_C)
+    error_embeds (ℓ_{<i}·E, d_P) [+ X̃_t] ──input_proj──►  x  (d_C)   [+ hidden_proj(norm(h_t))]
     for l = 1..L_C:
         odd l:   x = x + SelfAttn(norm(x))                         causal over the Copilot's own positions
         even l:  x = x + CrossAttn(norm(x), memory)                memory = [X̃ ; mean_l h_l], causally masked
@@ -12,8 +12,17 @@ paper's modified cross-attention (Eq. 6), a block, and the network.
 
 The blocks have the shape of the Llama / Qwen2 / Mistral decoder layer (pre-RMSNorm, grouped-query attention,
 SwiGLU), so their weights can be copied from the Pilot's layers or from a smaller pretrained decoder of the same
-family. There are no positional embeddings (App. E.2: position comes through the Pilot's states), which also makes the
-Copilot's output independent of left padding.
+family.
+
+Positions (`CopilotConfig.copilot_positions`): by default there are none (App. E.2: position comes through the Pilot's
+states). With `"rotary"`, queries and keys of both attentions are rotated as the source decoder's own layers rotate
+them (its family's transformers rotary embedding, with its rope type, θ and scaling): the query at t and the keys of
+the Copilot's inputs, of X̃ and of the pooled states at their own positions. Positions count real tokens
+(`key_valid`'s running sum), so left padding, and the Mistake Log's dropping of it, changes nothing.
+
+Same-position path (`CopilotConfig.copilot_same_position`): the input at t is the feed alone (the paper's), or the
+feed plus X̃_t (`"token"`), or that plus the pooled state h_t through a zero-initialised projection (`"token_hidden"`;
+EAGLE's fc(cat(token, feature)) written as a sum of maps, so a new Copilot starts as a `"token"` one).
 
 Causality: the query at position t sees Copilot inputs, X̃ and pooled Pilot states at positions ≤ t only. Each of those
 depends on tokens ≤ t, which the Pilot has already read at position t, so no future target can leak in.
@@ -32,7 +41,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoConfig
 from transformers.cache_utils import DynamicCache
+from transformers.models.llama.modeling_llama import rotate_half
 
 from .bnb import base_linear, dequantized_weight
 
@@ -48,6 +59,8 @@ class CopilotNetworkConfig:
     rms_norm_eps: float = 1e-6
     attention_bias: bool = False  # q/k/v biases (Qwen2 has them)
     dropout: float = 0.0
+    positions: dict[str, Any] | None = None  # rotary positions (the family table's `positions` entry) or none
+    same_position: str = "none"  # `CopilotConfig.copilot_same_position`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +81,54 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+class RotaryPositions:
+    """Rotary positions as a Pilot family's own layers use them: its transformers rotary embedding, built from the
+    recorded rope configuration (type, θ, scaling) at the Copilot's head size.
+
+    Not a submodule: its frequencies follow from the config (nothing to save), and it is built at the first call, so a
+    Copilot created on `meta` (PEFT's `low_cpu_mem_usage`, the size check of a saved adapter) still gets real ones.
+    """
+
+    def __init__(self, positions: dict[str, Any], num_heads: int, head_dim: int) -> None:
+        from .families import rotary_embedding_class  # the family table imports this module
+
+        self.positions, self.num_heads, self.head_dim = positions, num_heads, head_dim
+        self.embedding_class = rotary_embedding_class(positions["model_type"])
+        self.embedding: nn.Module | None = None
+
+    def _build(self, device: torch.device) -> nn.Module:
+        family_config = AutoConfig.for_model(
+            self.positions["model_type"],
+            rope_parameters=dict(self.positions["rope_parameters"]),
+            max_position_embeddings=self.positions["max_position_embeddings"],
+            hidden_size=self.num_heads * self.head_dim,
+            num_attention_heads=self.num_heads,
+            head_dim=self.head_dim,
+        )
+        # Outside inference mode, so frequencies built during generation serve later autograd-tracked calls too.
+        with torch.inference_mode(False), torch.device(device):
+            return self.embedding_class(family_config)
+
+    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin `(batch, n, head_dim)` at `position_ids` `(batch, n)`, in `x`'s dtype."""
+        if self.embedding is None or self.embedding.inv_freq.device != x.device:
+            self.embedding = self._build(x.device)
+        return self.embedding(x, position_ids)
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """`x` `(batch, heads, n, head_dim)` rotated by `rope` (cos, sin `(batch, n, head_dim)`); unchanged without."""
+    if rope is None:
+        return x
+    cos, sin = (part.unsqueeze(1) for part in rope)
+    return x * cos + rotate_half(x) * sin
+
+
+def real_positions(key_valid: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids `(batch, length)` of the last `length` keys, counting real tokens only (padding reads 0)."""
+    return (key_valid.long().cumsum(1) - 1).clamp(min=0)[:, -length:]
 
 
 class MLP(nn.Module):
@@ -107,12 +168,15 @@ class Attention(nn.Module):
         memory: torch.Tensor,
         cache: Any | None,
         layer_idx: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        q = self._heads(self.q_proj(x), self.num_heads)
+        q = rotate(self._heads(self.q_proj(x), self.num_heads), rope)
         if self.is_cross:
             # memory is [X̃ ; pooled h] stacked on the sequence axis (one projection pass for both). Their keys are
-            # cached side by side in the head dimension, so one cache slot stays aligned by position.
-            k = torch.cat(self._heads(self.k_proj(memory), self.num_kv_heads).chunk(2, dim=2), dim=-1)
+            # rotated at their own positions and cached side by side in the head dimension, so one cache slot stays
+            # aligned by position.
+            keys = self._heads(self.k_proj(memory), self.num_kv_heads).chunk(2, dim=2)
+            k = torch.cat([rotate(part, rope) for part in keys], dim=-1)
             v = torch.cat(self._heads(self.v_proj(memory), self.num_kv_heads).chunk(2, dim=2), dim=-1)
             if cache is not None:
                 k, v = cache.update(k, v, layer_idx)
@@ -120,7 +184,7 @@ class Attention(nn.Module):
             v = torch.cat(v.split(self.head_dim, dim=-1), dim=2)
             mask = torch.cat([mask, mask], dim=-1)
         else:
-            k = self._heads(self.k_proj(x), self.num_kv_heads)
+            k = rotate(self._heads(self.k_proj(x), self.num_kv_heads), rope)
             v = self._heads(self.v_proj(x), self.num_kv_heads)
             if cache is not None:
                 k, v = cache.update(k, v, layer_idx)
@@ -143,8 +207,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, memory, cache, layer_idx):
-        x = x + self.dropout(self.attn(self.input_layernorm(x), mask, memory, cache, layer_idx))
+    def forward(self, x, mask, memory, cache, layer_idx, rope=None):
+        x = x + self.dropout(self.attn(self.input_layernorm(x), mask, memory, cache, layer_idx, rope))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -162,6 +226,17 @@ class CopilotNetwork(nn.Module):
         self.layers = self._make_layers(config)
         self.final_norm = RMSNorm(d_c, config.rms_norm_eps)
         self.output_proj = nn.Linear(d_c, d_p, bias=False)
+        # The subclass for T5 Pilots has neither option (its config has no such fields).
+        self.same_position = getattr(config, "same_position", "none")
+        if self.same_position == "token_hidden":
+            self.hidden_norm = RMSNorm(d_p, config.rms_norm_eps)
+            self.hidden_proj = nn.Linear(d_p, d_c, bias=False)
+        positions = getattr(config, "positions", None)
+        self.rotary = (
+            RotaryPositions(positions, config.num_attention_heads, config.hidden_size // config.num_attention_heads)
+            if positions is not None
+            else None
+        )
         self.reset_io_parameters()
 
     @staticmethod
@@ -195,6 +270,8 @@ class CopilotNetwork(nn.Module):
                 nn.init.normal_(self.input_proj.weight, std=d_p**-0.5)
                 nn.init.normal_(self.memory_proj.weight, std=d_p**-0.5)
             nn.init.zeros_(self.output_proj.weight)
+            if self.same_position == "token_hidden":
+                nn.init.zeros_(self.hidden_proj.weight)  # h_t enters as training finds it useful
 
     @staticmethod
     def attention_mask(key_valid: torch.Tensor, query_length: int) -> torch.Tensor:
@@ -221,7 +298,7 @@ class CopilotNetwork(nn.Module):
     ) -> torch.Tensor:
         """
         Args:
-            error_embeds (`(batch, n, d_P)`): the Copilot's inputs at the n new positions (shifted ℓ·E, or zeros).
+            error_embeds (`(batch, n, d_P)`): the Copilot's feed at the n new positions (shifted ℓ·E, or zeros).
             memory_x (`(batch, n, d_P)`): X̃, the Pilot's input embeddings at those positions.
             memory_h (`(batch, n, d_P)`): the layer-pooled Pilot hidden states at those positions.
             key_valid (`(batch, past + n)`): 1 for real tokens, 0 for padding, over all positions seen so far.
@@ -231,14 +308,25 @@ class CopilotNetwork(nn.Module):
             `(batch, n, d_P)`: u, which the Pilot's LM head maps to the correction f.
         """
         dtype = self.input_proj.weight.dtype
-        x = self.input_proj(error_embeds.to(dtype))
+        x = self._inputs(error_embeds.to(dtype), memory_x.to(dtype), memory_h.to(dtype))
         memory = self.memory_proj(
             torch.cat([self.memory_x_norm(memory_x.to(dtype)), self.memory_h_norm(memory_h.to(dtype))], dim=1)
         )
         mask = self.attention_mask(key_valid, x.shape[1])
+        rope = self.rotary(x, real_positions(key_valid, x.shape[1])) if self.rotary is not None else None
         for i, block in enumerate(self.layers):
-            x = block(x, mask, memory, cache, cache_offset + i)
+            x = block(x, mask, memory, cache, cache_offset + i, rope)
         return self.output_proj(self.final_norm(x))
+
+    def _inputs(self, feed: torch.Tensor, memory_x: torch.Tensor, memory_h: torch.Tensor) -> torch.Tensor:
+        """The stream at each position starts from the feed and, with a same-position path, what the Pilot has there:
+        X̃_t (in the feed's space, the rows of E) and, projected, h_t."""
+        if self.same_position == "none":
+            return self.input_proj(feed)
+        x = self.input_proj(feed + memory_x)
+        if self.same_position == "token_hidden":
+            x = x + self.hidden_proj(self.hidden_norm(memory_h))
+        return x
 
     # ------------------------------------------------------------------ construction
 
