@@ -165,7 +165,10 @@ class CausalRunner:
         if feed == "pilot_error" and not decoding:
             pilot_logits = head(hidden)
             undefined = undefined_predictions(pilot_logits)
-        u = layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined)
+        top_k = config.pilot_error_top_k
+        u = layer.inference(
+            memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined, top_k
+        )
         hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
         if pilot_logits is not None:
             pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), layer.head(u)
@@ -177,7 +180,7 @@ class CausalRunner:
             undefined = undefined_predictions(pilot_logits)
             if decoding and view is not None:
                 last_undefined = undefined[:, -1:] if undefined is not None else None
-                layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined)
+                layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined, top_k)
         tuner.count_skipped(undefined)
         return CopilotCausalLMOutput(
             logits=tuner.fuse(pilot_logits, correction, undefined),

@@ -292,11 +292,20 @@ class CopilotModel(BaseTuner):
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
         Mistake Log replay (logged errors, top-k p̂); see `CopilotLayer.teacher_forced`. `loss_kind` defaults to the
-        active adapter's `copilot_loss`. With `loss_only`, f is not built (it is returned as `None`).
+        active adapter's `copilot_loss`. With `loss_only`, f is not built (it is returned as `None`). A dense p̂ enters
+        the Copilot's input as the top-k its config names (`pilot_error_top_k`), the form it trained on.
         """
-        kind = loss_kind or self.active_config.copilot_loss
+        config = self.active_config
         return self.copilot_layer.teacher_forced(
-            memory_x, memory_h, key_valid, targets, prediction, kind, full_correction, loss_only
+            memory_x,
+            memory_h,
+            key_valid,
+            targets,
+            prediction,
+            loss_kind or config.copilot_loss,
+            full_correction,
+            loss_only,
+            config.pilot_error_top_k,
         )
 
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:

@@ -142,6 +142,7 @@ class Seq2SeqRunner:
             tuner.active_config.inference_feed,
             logits,
             undefined,
+            tuner.active_config.pilot_error_top_k,
         )
         correction = tuner.copilot_layer.head(u)
         tuner.count_skipped(undefined)
