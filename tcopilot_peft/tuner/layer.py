@@ -78,6 +78,17 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         weight = self.head_weight()
         return torch.nn.functional.linear(u.to(weight.dtype), weight).float()
 
+    def logits_and_correction(
+        self, pilot_head: nn.Module, hidden: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pilot logits `pilot_head(hidden)` and correction W·u. Without autograd they share one pass over the LM
+        head's weight, which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not
+        twice)."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in pilot_head.parameters()):
+            return pilot_head(hidden), self.head(u)
+        both = pilot_head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
+        return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
+
     def gram(self) -> torch.Tensor:
         """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""
         head, embedding = self.head_weight(), self.embedding_weight()
