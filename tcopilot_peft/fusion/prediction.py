@@ -36,6 +36,12 @@ class PilotPrediction:
         """Dense p̂ from the Pilot's logits, detached: nothing computed from it sends a gradient to the Pilot."""
         return cls(log_probs=torch.log_softmax(logits.detach().float(), dim=-1))
 
+    def top_k(self, k: int) -> PilotPrediction:
+        """The sparse form the Mistake Log logs of this dense p̂: its k most probable tokens, their probabilities
+        rounded to 16 bits as the log stores them (the mass outside the top-k is dropped)."""
+        top_log_probs, top_ids = self.log_probs.topk(min(k, self.log_probs.shape[-1]), dim=-1)
+        return PilotPrediction(topk_probs=top_log_probs.exp().half().float(), topk_ids=top_ids)
+
     @property
     def is_dense(self) -> bool:
         return self.log_probs is not None
@@ -67,11 +73,14 @@ def error_embedding(embedding_weight: torch.Tensor, target_ids: torch.Tensor, pr
     weight = embedding_weight.float()
     valid = target_ids != IGNORE_INDEX
     gold = weight[target_ids.clamp_min(0)]
+    return (gold - expected_embedding(weight, prediction)) * valid.unsqueeze(-1)
+
+
+def expected_embedding(weight: torch.Tensor, prediction: PilotPrediction) -> torch.Tensor:
+    """p̂·E in float32 (`weight`: E as float32): a |V|×d product for a dense p̂, k rows of E for a sparse one."""
     if prediction.is_dense:
-        expected = prediction.probs() @ weight
-    else:
-        expected = (prediction.topk_probs.float().unsqueeze(-1) * weight[prediction.topk_ids]).sum(dim=-2)
-    return (gold - expected) * valid.unsqueeze(-1)
+        return prediction.probs() @ weight
+    return (prediction.topk_probs.float().unsqueeze(-1) * weight[prediction.topk_ids]).sum(dim=-2)
 
 
 def shift_targets(labels: torch.Tensor) -> torch.Tensor:

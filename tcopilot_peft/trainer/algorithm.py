@@ -52,6 +52,9 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             self.copilot_tuner.model.add_model_tags(list(COPILOT_TAGS))
         if self.args.copilot_loss is not None:
             _override_objective(self.copilot_tuner.active_config, self.args.copilot_loss)
+        self.copilot_tuner.active_config.pilot_error_top_k = (  # the adapter reads p̂ outside training as it trains
+            0 if self.args.mistake_log_sampling == "current" else self.args.mistake_log_top_k
+        )
         self.mistake_log = MistakeLog(
             max_rounds=self.args.mistake_log_max_rounds,
             max_bytes=self.args.mistake_log_max_bytes,

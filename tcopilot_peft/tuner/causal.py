@@ -165,7 +165,10 @@ class CausalRunner:
         if feed == "pilot_error" and not decoding:
             pilot_logits = head(hidden)
             undefined = undefined_predictions(pilot_logits)
-        u = layer.inference(memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined)
+        top_k = config.pilot_error_top_k
+        u = layer.inference(
+            memory_x, memory_h, key_valid, memory_x, generated, view, feed, pilot_logits, undefined, top_k
+        )
         hidden, u = _keep_positions(hidden, logits_to_keep), _keep_positions(u, logits_to_keep)
         if pilot_logits is not None:
             pilot_logits, correction = _keep_positions(pilot_logits, logits_to_keep), layer.head(u)
@@ -173,11 +176,11 @@ class CausalRunner:
         elif not decoding and not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
             return CopilotCausalLMOutput(logits=self._fuse_in_hidden_space(hidden, u), **{CACHE_FIELD: cache})
         else:
-            pilot_logits, correction = self._logits_and_correction(hidden, u)
+            pilot_logits, correction = layer.logits_and_correction(head, hidden, u)
             undefined = undefined_predictions(pilot_logits)
             if decoding and view is not None:
                 last_undefined = undefined[:, -1:] if undefined is not None else None
-                layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined)
+                layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined, top_k)
         tuner.count_skipped(undefined)
         return CopilotCausalLMOutput(
             logits=tuner.fuse(pilot_logits, correction, undefined),
@@ -196,15 +199,6 @@ class CausalRunner:
             fused[undefined] = head(hidden[undefined]).to(fused.dtype)
         self.tuner.count_skipped(undefined)
         return fused
-
-    def _logits_and_correction(self, hidden: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pilot logits W·h and correction W·u. Without autograd they share one pass over the LM head's weight,
-        which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not twice)."""
-        head = self.head
-        if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
-            return head(hidden), self.tuner.copilot_layer.head(u)
-        both = head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
-        return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch) -> torch.Tensor:

@@ -12,6 +12,7 @@ from peft import PeftConfig
 from peft.utils import PeftType
 
 from ..fusion import DEFAULT_OBJECTIVE, FUSION_MODES, INFERENCE_FEEDS, OBJECTIVES
+from ..mistake_log import DEFAULT_TOP_K
 from .checkpoint import check_adapter_weights
 
 
@@ -92,6 +93,13 @@ class CopilotConfig(PeftConfig):
             Pilot modules to train and save alongside the Copilot (read and written by TRL's `SFTTrainer`).
         trainable_token_indices (`list[int]` or `dict`, *optional*):
             Token indices whose embeddings train (read and written by TRL's `SFTTrainer` for added chat tokens).
+        pilot_error_top_k (`int`, *optional*):
+            How the error ℓ·E = E[y] − p̂·E the Copilot reads outside training (generation, scoring, teacher-forced
+            evaluation) is built: from the top-k of p̂, the mass outside it dropped, exactly as the Mistake Log gives
+            it in training (k rows of E per position instead of a |V|×d product); `0`: from the dense p̂.
+            `CopilotSFTTrainer` sets it to the k it trained with (`mistake_log_top_k`; `0` when it trains on the
+            dense p̂, `mistake_log_sampling="current"`). Defaults to the Mistake Log's default, 8; an adapter saved
+            before this field existed read the dense p̂ and loads with `0`, so it behaves as it did.
     """
 
     # The choices are the registered objectives' names (the annotation is evaluated when read, e.g. by
@@ -149,6 +157,13 @@ class CopilotConfig(PeftConfig):
         default=None,
         metadata={"help": "Set on creation for a LoRA-tuned Pilot: its LoRA config, re-applied when loading."},
     )
+    pilot_error_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Top-k of p̂ the Copilot's error input is built from outside training, as the Mistake Log's in "
+            f"training; 0: dense p̂. Defaults to {DEFAULT_TOP_K}; adapters saved without it load with 0."
+        },
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Fusion settings may be changed on a live model (they take effect at the next forward), so they are checked
@@ -194,6 +209,12 @@ class CopilotConfig(PeftConfig):
             raise ValueError(f"CopilotConfig.dropout must be in [0, 1), got {self.dropout!r}.")
         if not (0.0 < self.prob_floor < 1.0):
             raise ValueError(f"CopilotConfig.prob_floor must be in (0, 1), got {self.prob_floor!r}.")
+        if self.pilot_error_top_k is None:
+            # A saved adapter (it carries `copilot_architecture`) without the field predates it: it read the dense p̂.
+            self.pilot_error_top_k = 0 if self.copilot_architecture is not None else DEFAULT_TOP_K
+        top_k = self.pilot_error_top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"CopilotConfig.pilot_error_top_k must be an integer >= 0, got {top_k!r}.")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):

@@ -9,6 +9,9 @@ frozen LM head W to the correction f = W·u. Which error it reads at position t 
   generated positions either onehot(ŷ_{t−1}) − p̂_{t−1} for the token actually generated (`"pilot_error"`), or its
   own previous output f_{t−1} (Algorithm 2, `"copilot"`).
 
+Outside training p̂ enters as the Mistake Log gives it in training: its top-k (`top_k`, the config's
+`pilot_error_top_k`; 0 for the dense p̂), so the Copilot reads what it was trained on.
+
 Embedded errors are computed without building |V|-sized one-hot vectors: onehot(y)·E is a row of E, p̂·E one matmul,
 and f·E = u·(Wᵀ E) with the d×d Gram matrix `gram()`.
 """
@@ -21,6 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, copilot_loss_from_head, error_embedding
+from ..fusion.prediction import expected_embedding
 from .cache import CopilotCacheView
 from .network import CopilotNetwork
 
@@ -74,6 +78,17 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         weight = self.head_weight()
         return torch.nn.functional.linear(u.to(weight.dtype), weight).float()
 
+    def logits_and_correction(
+        self, pilot_head: nn.Module, hidden: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pilot logits `pilot_head(hidden)` and correction W·u. Without autograd they share one pass over the LM
+        head's weight, which at small batch costs about as much as one (decoding reads the |V|×d matrix once, not
+        twice)."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in pilot_head.parameters()):
+            return pilot_head(hidden), self.head(u)
+        both = pilot_head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
+        return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
+
     def gram(self) -> torch.Tensor:
         """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""
         head, embedding = self.head_weight(), self.embedding_weight()
@@ -96,18 +111,21 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         loss_kind: str,
         full_correction: bool = False,
         loss_only: bool = False,
+        top_k: int = 0,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The Copilot on the true errors: (f, its `loss_kind` loss averaged over target positions).
 
         `targets[:, t]` is the gold token after position t (-100 where there is none). p̂ is given per position or
         packed at the target positions only (row-major). f is returned at the target positions (`(N, |V|)`), or at
-        every position (`(B, T, |V|)`) with `full_correction`, or not at all (`None`) with `loss_only`.
+        every position (`(B, T, |V|)`) with `full_correction`, or not at all (`None`) with `loss_only`. With `top_k`,
+        a dense p̂ enters the Copilot's input as its top-k (the loss still reads the p̂ given).
         """
         valid = targets != IGNORE_INDEX
         gold = targets[valid]
         prediction = prediction.at(valid)
+        fed = prediction.top_k(top_k) if top_k and prediction.is_dense else prediction
         errors = torch.zeros(*targets.shape, memory_x.shape[-1], device=memory_x.device)
-        errors[valid] = error_embedding(self.embedding_weight(), gold, prediction)
+        errors[valid] = error_embedding(self.embedding_weight(), gold, fed)
         inputs = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)
         u = self.active_network(inputs, memory_x, memory_h, key_valid)
         if loss_only:  # training needs only the loss: f = W·u is not built whole where the objective can avoid it
@@ -132,11 +150,13 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         feed: str,
         pilot_logits: torch.Tensor | None = None,
         undefined: torch.Tensor | None = None,
+        top_k: int = 0,
     ) -> torch.Tensor:
         """u at every position of this call. `generated` (`(B, n)`, bool) marks positions whose input is the error
         at the previous, generated, position; the others read 0. With `feed="pilot_error"` the Copilot reads
         onehot(ŷ) − p̂ there (`token_embeds`, the embeddings of this call's input tokens, give onehot(ŷ)·E; p̂ from
-        `pilot_logits`, this call's Pilot logits), with `"copilot"` its own previous output.
+        `pilot_logits`, this call's Pilot logits, as its `top_k` or dense with 0), with `"copilot"` its own previous
+        output.
 
         `undefined` (`(B, n)` bool, or None when there is none) marks positions of `pilot_logits` whose prediction
         is undefined (`fusion.undefined_predictions`): with `"pilot_error"`, the position after one reads 0, as a
@@ -155,7 +175,7 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
             later = torch.ones_like(generated[:, 1:]) if undefined is None else ~undefined[:, :-1]
             gate = (generated & torch.cat([readable, later], dim=1)).unsqueeze(-1)
             u, pending = self._on_pilot_errors(
-                memory_x, memory_h, key_valid, token_embeds, gate, view, pilot_logits, undefined, previous
+                memory_x, memory_h, key_valid, token_embeds, gate, view, pilot_logits, undefined, previous, top_k
             )
         else:
             u, pending = self._on_own_output(memory_x, memory_h, key_valid, generated.unsqueeze(-1), view, previous)
@@ -164,28 +184,39 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
             view.store_pending(pending, ~undefined if undefined is not None else torch.ones_like(generated))
         return u
 
-    def _error_pending(self, pilot_logits: torch.Tensor, undefined: torch.Tensor | None) -> torch.Tensor:
-        """−p̂·E: the part of onehot(ŷ) − p̂ known before ŷ is chosen; 0 where the prediction is undefined."""
+    def _error_pending(self, pilot_logits: torch.Tensor, undefined: torch.Tensor | None, top_k: int) -> torch.Tensor:
+        """−p̂·E: the part of onehot(ŷ) − p̂ known before ŷ is chosen, p̂ as its `top_k` (the Mistake Log's form,
+        k rows of E) or dense with 0 (a |V|×d product); 0 where the prediction is undefined."""
         # p̂ is detached as in teacher forcing: the Copilot reads the Pilot's errors, it does not train the Pilot.
+        if top_k:
+            sparse = PilotPrediction.from_logits(pilot_logits).top_k(top_k)
+            if undefined is not None:  # what is stored in the cache stays finite
+                sparse.topk_probs = sparse.topk_probs.masked_fill(undefined.unsqueeze(-1), 0.0)
+            return -expected_embedding(self.embedding_weight().float(), sparse)
         probs = torch.softmax(pilot_logits.detach().float(), dim=-1)
         if undefined is not None:
             probs = probs.masked_fill(undefined.unsqueeze(-1), 0.0)  # what is stored in the cache stays finite
         return -(probs @ self.embedding_weight().float())
 
     def store_pilot_error(
-        self, view: CopilotCacheView, last_logits: torch.Tensor, length: int, undefined: torch.Tensor | None
+        self,
+        view: CopilotCacheView,
+        last_logits: torch.Tensor,
+        length: int,
+        undefined: torch.Tensor | None,
+        top_k: int = 0,
     ) -> None:
-        """After a decoding step's LM head: −p̂·E of the call's last position, the next position's input (the
-        entries of earlier positions in the call are never read, and are stored as zeros). `undefined` (`(B, 1)`)
-        marks rows whose last prediction is undefined: their next position reads 0."""
-        pending = self._error_pending(last_logits, undefined)
+        """After a decoding step's LM head: −p̂·E of the call's last position (p̂ as in `inference`), the next
+        position's input (the entries of earlier positions in the call are never read, and are stored as zeros).
+        `undefined` (`(B, 1)`) marks rows whose last prediction is undefined: their next position reads 0."""
+        pending = self._error_pending(last_logits, undefined, top_k)
         readable = torch.ones(pending.shape[0], length, dtype=torch.bool, device=pending.device)
         if undefined is not None:
             readable[:, -1:] = ~undefined
         view.store_pending(torch.cat([torch.zeros_like(pending).expand(-1, length - 1, -1), pending], dim=1), readable)
 
     def _on_pilot_errors(
-        self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, undefined, previous
+        self, memory_x, memory_h, key_valid, token_embeds, generated, view, pilot_logits, undefined, previous, top_k
     ):
         """Every input is known from the Pilot's logits of this call, so the whole call runs as one chunk.
 
@@ -195,7 +226,7 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
         if pilot_logits is None:
             pending, earlier = None, torch.zeros_like(token_embeds[:, :-1]).float()
         else:
-            pending = self._error_pending(pilot_logits, undefined)
+            pending = self._error_pending(pilot_logits, undefined, top_k)
             earlier = pending[:, :-1]
         inputs = (torch.cat([previous, earlier], dim=1) + token_embeds.float()) * generated
         cache, offset = (view.cache, view.first_slot) if view is not None else (None, 0)

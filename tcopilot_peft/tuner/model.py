@@ -94,6 +94,7 @@ class CopilotModel(BaseTuner):
 
     def _pre_injection_hook(self, model: nn.Module, config: CopilotConfig, adapter_name: str) -> None:
         self.copilot_layer = CopilotLayer(model)
+        self._copilot_dtypes: dict[str, torch.dtype] = {}  # per adapter, the dtype its Copilot runs in
         self.generating: Generating | None = None  # set while `generate()` runs (`generation.py`)
         self._warned_pilot_loss = False
         # Generated or scored positions whose Pilot logits held a NaN or +inf (or nothing finite): returned unfused,
@@ -142,6 +143,8 @@ class CopilotModel(BaseTuner):
             network.to(device=embedding.device)
         if not autocast_adapter_dtype:
             network.to(dtype=embedding.dtype)
+        # The dtype it runs in: a saved 16-bit adapter loaded by assignment (`low_cpu_mem_usage`) is cast back to it.
+        self._copilot_dtypes[adapter_name] = next(network.parameters()).dtype
         self.copilot_model[adapter_name] = network
         self.copilot_layer.set_adapter(self.active_adapters)
         config.num_layers = network.config.num_layers
@@ -156,6 +159,18 @@ class CopilotModel(BaseTuner):
         if marker in key:
             return key.replace(marker, COPILOT_WEIGHTS_PREFIX)
         return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT's selection of the adapter's weights to save, with the Copilot's in the Pilot's dtype when that is
+        16-bit: beside a bf16/fp16 Pilot the float32 Copilot would make the adapter twice the size. Loading casts them
+        back to the dtype the Copilot runs in."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        dtype = model.get_input_embeddings().weight.dtype
+        if dtype not in (torch.bfloat16, torch.float16):
+            return selected
+        marker = f"{COPILOT_WEIGHTS_PREFIX}{adapter_name}."
+        return {k: v.to(dtype) if marker in k and v.is_floating_point() else v for k, v in selected.items()}
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
@@ -210,11 +225,11 @@ class CopilotModel(BaseTuner):
         self.active_adapter = remaining[0] if remaining else []
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
-        """Called by PEFT after a `low_cpu_mem_usage` load assigned the saved tensors (on the loading device) as the
-        Copilot's weights: the Copilot must sit beside the Pilot."""
+        """Called by PEFT after a `low_cpu_mem_usage` load assigned the saved tensors (on the loading device, in the
+        file's dtype) as the Copilot's weights: the Copilot must sit beside the Pilot, in the dtype it runs in."""
         if adapter_name in self.copilot_model:
             target = device if device is not None else self.model.get_input_embeddings().weight.device
-            self.copilot_model[adapter_name].to(device=target)
+            self.copilot_model[adapter_name].to(device=target, dtype=self._copilot_dtypes.get(adapter_name))
 
     def merge_adapter(self, *args, **kwargs) -> None:
         """Refused, like `merge_and_unload`: there is nothing to merge, and doing nothing silently would mislead."""
@@ -292,11 +307,20 @@ class CopilotModel(BaseTuner):
 
         This is the Copilot's training computation, shared by the fused forward (fresh errors, dense p̂) and the
         Mistake Log replay (logged errors, top-k p̂); see `CopilotLayer.teacher_forced`. `loss_kind` defaults to the
-        active adapter's `copilot_loss`. With `loss_only`, f is not built (it is returned as `None`).
+        active adapter's `copilot_loss`. With `loss_only`, f is not built (it is returned as `None`). A dense p̂ enters
+        the Copilot's input as the top-k its config names (`pilot_error_top_k`), the form it trained on.
         """
-        kind = loss_kind or self.active_config.copilot_loss
+        config = self.active_config
         return self.copilot_layer.teacher_forced(
-            memory_x, memory_h, key_valid, targets, prediction, kind, full_correction, loss_only
+            memory_x,
+            memory_h,
+            key_valid,
+            targets,
+            prediction,
+            loss_kind or config.copilot_loss,
+            full_correction,
+            loss_only,
+            config.pilot_error_top_k,
         )
 
     def copilot_replay(self, batch, loss_kind: str | None = None) -> torch.Tensor:

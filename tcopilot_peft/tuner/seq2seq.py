@@ -1,8 +1,9 @@
 """The fused forward of an encoder-decoder (T5-family) Pilot, in the same three modes as the decoder-only runner
 (`causal.py`), over the Pilot's own `Seq2SeqLMOutput`; it reaches the tuner through the same public interface.
 
-The Pilot runs its whole forward (encoder, decoder, LM head, loss) exactly as it would alone, with
-`output_hidden_states=True`; the Copilot then reads, at decoder position t:
+The Pilot runs its whole forward (encoder, decoder, LM head, loss) exactly as it would alone (at inference with its
+LM head deferred: the head runs after the Copilot, in one pass for the Pilot's logits and the correction where the
+Copilot needs no p̂ of this call, as in the decoder-only runner); the Copilot then reads, at decoder position t:
 
 * the memory: the encoder output (the paper's X̃ for an encoder-decoder Pilot) under the encoder's attention mask,
   and the layer-pooled decoder states at positions ≤ t;
@@ -16,7 +17,11 @@ a plain forward on `decoder_input_ids` scores that target exactly as generation 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
+from torch import nn
 
 from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
@@ -71,7 +76,8 @@ class Seq2SeqRunner:
         keep_hidden = kwargs.pop("output_hidden_states", False)
         family = tuner.family
         decoder, layers = family.module(tuner.model, "decoder"), family.module(tuner.model, "layers")
-        with LayerPool(decoder, layers, tuner.active_config.pooled_layers, first_input=True) as pool:
+        deferred = _head_deferred(tuner.model, family.paths["head"]) if labels is None else nullcontext()
+        with LayerPool(decoder, layers, tuner.active_config.pooled_layers, first_input=True) as pool, deferred:
             pilot_out = tuner.pilot_forward(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
@@ -117,8 +123,10 @@ class Seq2SeqRunner:
         }
 
     def _inference(self, pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length) -> dict:
-        """Algorithm 2 over this call's decoder positions, continuing from the cache when there is one."""
+        """Algorithm 2 over this call's decoder positions, continuing from the cache when there is one. The Pilot's
+        forward ran without its LM head (`pilot_out.logits` holds the head's input)."""
         tuner = self.tuner
+        config, layer, head = tuner.active_config, tuner.copilot_layer, tuner.family.module(tuner.model, "head")
         cache = pilot_out.get(CACHE_FIELD)
         view = None
         if cache is not None:
@@ -130,23 +138,42 @@ class Seq2SeqRunner:
             prompt_length = tuner.generation_prompt_length or DECODER_PROMPT_LENGTH
         batch, length = memory_h.shape[:2]
         generated = generated_positions(prompt_length, past, batch, length, memory_h.device)
-        logits = pilot_out.logits
-        undefined = undefined_predictions(logits)
-        u = tuner.copilot_layer.inference(
-            encoder,
-            memory_h,
-            key_valid,
-            token_embeds,
-            generated,
-            view,
-            tuner.active_config.inference_feed,
-            logits,
-            undefined,
+        hidden, feed, top_k = pilot_out.logits, config.inference_feed, config.pilot_error_top_k
+        # As in the decoder-only runner: the "pilot_error" feed reads p̂ of this call's positions only when one after
+        # the first is generated (scoring a target); otherwise the head runs once, after the Copilot, for both.
+        decoding = feed == "pilot_error" and not generated[:, 1:].any()
+        logits = undefined = None
+        if feed == "pilot_error" and not decoding:
+            logits = head(hidden)
+            undefined = undefined_predictions(logits)
+        u = layer.inference(
+            encoder, memory_h, key_valid, token_embeds, generated, view, feed, logits, undefined, top_k
         )
-        correction = tuner.copilot_layer.head(u)
+        if logits is not None:
+            correction = layer.head(u)
+        else:
+            logits, correction = layer.logits_and_correction(head, hidden, u)
+            undefined = undefined_predictions(logits)
+            if decoding and view is not None:
+                last_undefined = undefined[:, -1:] if undefined is not None else None
+                layer.store_pilot_error(view, logits[:, -1:], length, last_undefined, top_k)
         tuner.count_skipped(undefined)
         return {
             "logits": tuner.fuse(logits, correction, undefined),
             "pilot_logits": logits,
             "copilot_logits": correction,
         }
+
+
+@contextmanager
+def _head_deferred(pilot: nn.Module, head_path: str) -> Iterator[None]:
+    """The Pilot's forward with its LM head replaced by the identity, so its `logits` are the head's input (T5 scales
+    the decoder's output before a tied head): the runner applies the head itself, once (`logits_and_correction`)."""
+    parent_path, _, name = head_path.rpartition(".")
+    parent = pilot.get_submodule(parent_path)
+    head = getattr(parent, name)
+    setattr(parent, name, nn.Identity())
+    try:
+        yield
+    finally:
+        setattr(parent, name, head)

@@ -201,3 +201,26 @@ def test_a_lora_tuned_pilots_lora_survives_a_copilot_saved_under_another_name(tm
     loaded = PeftModel.from_pretrained(tiny_pilot(), tmp_path / "mine", adapter_name="mine").eval()
     with loaded.disable_adapter():
         torch.testing.assert_close(loaded(input_ids=ids).logits, pilot_logits)
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_a_16_bit_pilots_copilot_is_saved_in_its_dtype_and_loads_back_into_float32(tmp_path, low_cpu_mem_usage):
+    model = trained_looking_copilot(tiny_pilot().to(torch.bfloat16))
+    running = {n: p.dtype for n, p in model.named_parameters() if "copilot_" in n}
+    assert set(running.values()) == {torch.float32}
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    assert weights and {w.dtype for w in weights.values()} == {torch.bfloat16}
+    loaded = PeftModel.from_pretrained(
+        tiny_pilot().to(torch.bfloat16), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage
+    ).eval()
+    assert {n: p.dtype for n, p in loaded.named_parameters() if "copilot_" in n} == running
+    with torch.no_grad():
+        for p in model.base_model.copilot_model.parameters():  # the in-memory model, rounded as the file was
+            p.copy_(p.to(torch.bfloat16))
+        assert torch.equal(loaded(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+def test_a_float32_pilots_copilot_is_saved_in_float32(tmp_path):
+    trained_looking_copilot(tiny_pilot()).save_pretrained(tmp_path)
+    assert {w.dtype for w in load_file(tmp_path / "adapter_model.safetensors").values()} == {torch.float32}

@@ -189,3 +189,25 @@ def test_the_copilot_can_start_from_a_smaller_pretrained_t5(tmp_path):
     randomise_copilot(model)
     ids, mask = inputs()
     assert model.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=4).shape == (3, 5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("feed", ["pilot_error", "copilot"])
+@pytest.mark.parametrize("variant", sorted(T5_VARIANTS))
+def test_a_decoding_step_runs_the_lm_head_once(feed, variant, monkeypatch):
+    # Every product with the head's weight (the Pilot's logits and the correction W·u alike) goes through F.linear;
+    # the correction reads it detached, a new tensor over the same storage.
+    model = copilot_t5(variant, inference_feed=feed)
+    head_weight = model.get_output_embeddings().weight
+    linear, passes, steps = torch.nn.functional.linear, [], []
+
+    def counting_linear(x, weight, *args, **kwargs):
+        passes.extend([1] if weight.data_ptr() == head_weight.data_ptr() else [])
+        return linear(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting_linear)
+    handle = model.base_model.model.decoder.register_forward_hook(lambda *args: steps.append(1))
+    ids, mask = inputs()
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    handle.remove()
+    assert len(steps) == 6 and len(passes) == len(steps)
