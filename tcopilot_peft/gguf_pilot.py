@@ -10,6 +10,7 @@ weights are copied into a freshly built model of the same config and that one is
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 
@@ -37,8 +38,11 @@ def find_smollm2_gguf() -> tuple[str, str] | None:
 def convert_gguf(name_or_path: str, gguf_file: str, output_dir: str) -> None:
     """Save the Pilot in `name_or_path`/`gguf_file`, and its tokenizer, as a normal model folder `output_dir`."""
     pilot = load_pilot(name_or_path, gguf_file=gguf_file)
-    # A model loaded from GGUF refuses save_pretrained: build a plain one from its config and copy the weights.
-    plain = type(pilot)(pilot.config)
+    # A model loaded from GGUF refuses save_pretrained: build a plain one from its config and copy the weights. The
+    # config loses the GGUF quantization_config, which would make the saved folder one the Trainer refuses to train.
+    config = copy.deepcopy(pilot.config)
+    del config.quantization_config
+    plain = type(pilot)(config)
     plain.load_state_dict(pilot.state_dict())
     plain.to(pilot.dtype).save_pretrained(output_dir)
     load_tokenizer(name_or_path, gguf_file).save_pretrained(output_dir)

@@ -87,6 +87,8 @@ def test_convert_saves_a_folder_that_loads_without_gguf(gguf_folder, tmp_path, c
     ids = torch.tensor([tokenizer("he1+1")["input_ids"]])
     expected = load_pilot(str(gguf_folder), gguf_file="tiny.gguf")(ids).logits
     torch.testing.assert_close(plain(ids).logits, expected, rtol=0, atol=0)
+    # A plain model the Trainer accepts: no GGUF quantization_config carried over (transformers refuses to train one).
+    assert getattr(plain.config, "quantization_config", None) is None
     assert main(["convert", "--model", str(gguf_folder), "--gguf-file", "tiny.gguf", "--output-dir", str(output)]) == 2
     assert "is not empty" in capsys.readouterr().err
 
