@@ -85,6 +85,7 @@ def flags(layout: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_every_arm_runs_and_resumes_unit_by_unit(layout):
     run_real.main(flags(layout) + ["--only", "untuned", "default"])
     results = json.loads((layout / "RESULTS_REAL.json").read_text())
