@@ -67,8 +67,8 @@ _EXPORTS: dict[str, str] = {
     # explain
     "Explanation": "explain",
     "RectificationReport": "explain",
-    "draw_explanation": "explain",
-    "draw_summary": "explain",
+    "draw_explanation": "figures",
+    "draw_summary": "figures",
     "explain_prompt": "explain",
     "summarise_rectification": "explain",
     # statistics

@@ -259,14 +259,8 @@ def run_recommendation_eval(args: argparse.Namespace) -> int:
 
 def run_explain(args: argparse.Namespace) -> int:
     from ..data import alpaca_prompt
-    from .explain import (
-        choose_steps,
-        draw_explanation,
-        draw_summary,
-        explain_prompt,
-        summarise_rectification,
-        write_json,
-    )
+    from .explain import choose_steps, explain_prompt, summarise_rectification, write_json
+    from .figures import draw_explanation, draw_summary
 
     if (args.prompt is None) == (args.data is None):
         raise UsageError("give either --prompt (one answer, Figure 4) or --data (a dataset summary, Figure 3)")

@@ -12,13 +12,12 @@ from tcopilot_peft.evaluation.benchmarks import BenchmarkSource, get_benchmark, 
 from tcopilot_peft.evaluation.explain import (
     RectificationTally,
     choose_steps,
-    draw_explanation,
-    draw_summary,
     explain_prompt,
     rectification_scores,
     step_statistics,
     summarise_rectification,
 )
+from tcopilot_peft.evaluation.figures import draw_explanation, draw_summary
 from tcopilot_peft.evaluation.scoring import ContinuationLogits, continuation_logits
 from tests.evaluation.conftest import copilot_model, write_json
 
