@@ -8,6 +8,7 @@ from tcopilot_peft.fusion import (
     error_distance,
     error_embedding,
     fuse_logits,
+    fuse_logits_where_defined,
     fused_cross_entropy,
     shift_targets,
     undefined_predictions,
@@ -62,7 +63,7 @@ def test_a_masked_logit_stays_masked_and_an_undefined_prediction_is_the_pilots_o
     assert not torch.equal(fused[0, :3], z[0, :3])
     torch.testing.assert_close(fused[1:], z[1:], equal_nan=True)
     torch.testing.assert_close(
-        fuse_logits(z, correction, 1.0, mode, undefined=undefined_predictions(z)), fused, equal_nan=True
+        fuse_logits_where_defined(z, correction, 1.0, mode, undefined_predictions(z)), fused, equal_nan=True
     )
 
 

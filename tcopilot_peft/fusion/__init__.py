@@ -12,7 +12,7 @@ cross-entropy (`"fused_ce"`); with the paper's objective, a regression of ℓ it
 - `head.py`: the loss's |V|-sized log-sum-exp straight from the LM head, in vocabulary chunks (`head_logsumexp`).
 """
 
-from .fuse import FUSION_MODES, fuse_logits, undefined_predictions
+from .fuse import FUSION_MODES, fuse_logits, fuse_logits_where_defined, undefined_predictions
 from .head import head_logsumexp
 from .objectives import (
     COPILOT_LOSSES,
@@ -45,6 +45,7 @@ __all__ = [
     "error_distance",
     "error_embedding",
     "fuse_logits",
+    "fuse_logits_where_defined",
     "fused_cross_entropy",
     "fused_cross_entropy_from_head",
     "get_objective",

@@ -35,7 +35,6 @@ def fuse_logits(
     fusion_lambda: float,
     mode: str,
     prob_floor: float = 1e-10,
-    undefined: torch.Tensor | None | bool = True,
 ) -> torch.Tensor:
     """Fuse the Copilot's correction into the Pilot's logits.
 
@@ -45,8 +44,6 @@ def fuse_logits(
         fusion_lambda (`float`): λ. With λ = 0 the Pilot's logits are returned unchanged (the same tensor).
         mode (`str`): `"logit"` gives z + λf; `"prob"` gives log(renormalise(clamp(softmax(z) + λf, floor))).
         prob_floor (`float`): lower clamp of fused probabilities in `"prob"` mode.
-        undefined (`torch.Tensor`, `None` or `True`): `undefined_predictions(pilot_logits)` when the caller has it
-            already (so the logits are checked once), `True` to check here.
 
     Returns:
         `torch.Tensor` with the dtype of `pilot_logits`. Where the Pilot's prediction is undefined (see
@@ -54,8 +51,22 @@ def fuse_logits(
     """
     if fusion_lambda == 0:
         return pilot_logits
-    if undefined is True:
-        undefined = undefined_predictions(pilot_logits)
+    undefined = undefined_predictions(pilot_logits)
+    return fuse_logits_where_defined(pilot_logits, correction, fusion_lambda, mode, undefined, prob_floor)
+
+
+def fuse_logits_where_defined(
+    pilot_logits: torch.Tensor,
+    correction: torch.Tensor,
+    fusion_lambda: float,
+    mode: str,
+    undefined: torch.Tensor | None,
+    prob_floor: float = 1e-10,
+) -> torch.Tensor:
+    """`fuse_logits` for a caller that has checked the Pilot's logits already (so they are checked once per step):
+    `undefined` is `undefined_predictions(pilot_logits)`, `None` when every prediction is defined."""
+    if fusion_lambda == 0:
+        return pilot_logits
     z = pilot_logits.float()
     # The common case (all finite) skips every masking pass over the |V|-sized rows.
     finite = None if undefined is None else torch.isfinite(z)

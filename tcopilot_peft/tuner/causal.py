@@ -183,7 +183,7 @@ class CausalRunner:
                 layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined, top_k)
         tuner.count_skipped(undefined)
         return CopilotCausalLMOutput(
-            logits=tuner.fuse(pilot_logits, correction, undefined),
+            logits=tuner.fuse_where_defined(pilot_logits, correction, undefined),
             pilot_logits=pilot_logits,
             copilot_logits=correction,
             **{CACHE_FIELD: cache},

@@ -35,7 +35,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from ..fusion import PilotPrediction, fuse_logits
+from ..fusion import PilotPrediction, fuse_logits, fuse_logits_where_defined
 from .causal import CausalRunner
 from .checkpoint import weights_problem
 from .config import CopilotConfig
@@ -409,11 +409,16 @@ class CopilotModel(BaseTuner):
             self._warned_pilot_loss = True
             warnings.warn(_PILOT_LOSS_WARNING, stacklevel=5)
 
-    def fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor, undefined=True) -> torch.Tensor:
-        """`fuse_logits` with the active config; `undefined` as there (`True`: check the Pilot's logits here)."""
+    def fuse(self, pilot_logits: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        """`fuse_logits` with the active config."""
         config = self.active_config
-        return fuse_logits(
-            pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor, undefined
+        return fuse_logits(pilot_logits, correction, config.fusion_lambda, config.fusion_mode, config.prob_floor)
+
+    def fuse_where_defined(self, pilot_logits: torch.Tensor, correction: torch.Tensor, undefined) -> torch.Tensor:
+        """`fuse_logits_where_defined` with the active config: the caller checked the Pilot's logits already."""
+        config = self.active_config
+        return fuse_logits_where_defined(
+            pilot_logits, correction, config.fusion_lambda, config.fusion_mode, undefined, config.prob_floor
         )
 
     # ------------------------------------------------------------------ generation

@@ -159,7 +159,7 @@ class Seq2SeqRunner:
                 layer.store_pilot_error(view, logits[:, -1:], length, last_undefined, top_k)
         tuner.count_skipped(undefined)
         return {
-            "logits": tuner.fuse(logits, correction, undefined),
+            "logits": tuner.fuse_where_defined(logits, correction, undefined),
             "pilot_logits": logits,
             "copilot_logits": correction,
         }
