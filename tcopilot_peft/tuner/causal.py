@@ -176,11 +176,7 @@ class CausalRunner:
         elif not decoding and not components and config.fusion_mode == "logit" and config.fusion_lambda != 0:
             return CopilotCausalLMOutput(logits=self._fuse_in_hidden_space(hidden, u), **{CACHE_FIELD: cache})
         else:
-            pilot_logits, correction = layer.logits_and_correction(head, hidden, u)
-            undefined = undefined_predictions(pilot_logits)
-            if decoding and view is not None:
-                last_undefined = undefined[:, -1:] if undefined is not None else None
-                layer.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined, top_k)
+            pilot_logits, correction, undefined = layer.head_step(head, hidden, u, view, length, top_k, decoding)
         tuner.count_skipped(undefined)
         return CopilotCausalLMOutput(
             logits=tuner.fuse_where_defined(pilot_logits, correction, undefined),

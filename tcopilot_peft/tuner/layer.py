@@ -23,7 +23,14 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..fusion import IGNORE_INDEX, PilotPrediction, copilot_loss, copilot_loss_from_head, error_embedding
+from ..fusion import (
+    IGNORE_INDEX,
+    PilotPrediction,
+    copilot_loss,
+    copilot_loss_from_head,
+    error_embedding,
+    undefined_predictions,
+)
 from ..fusion.prediction import expected_embedding
 from .cache import CopilotCacheView
 from .network import CopilotNetwork
@@ -88,6 +95,16 @@ class CopilotLayer(nn.Module, BaseTunerLayer):
             return pilot_head(hidden), self.head(u)
         both = pilot_head(torch.cat([hidden, u.to(hidden.dtype)], dim=0))
         return both[: hidden.shape[0]], both[hidden.shape[0] :].float()
+
+    def head_step(self, pilot_head: nn.Module, hidden, u, view, length, top_k, decoding: bool):
+        """One shared head pass (`logits_and_correction`) and, while decoding, the next position's Pilot error stored
+        for the Copilot's feed. Returns the Pilot's logits, the correction and the logits' undefined rows."""
+        pilot_logits, correction = self.logits_and_correction(pilot_head, hidden, u)
+        undefined = undefined_predictions(pilot_logits)
+        if decoding and view is not None:
+            last_undefined = undefined[:, -1:] if undefined is not None else None
+            self.store_pilot_error(view, pilot_logits[:, -1:], length, last_undefined, top_k)
+        return pilot_logits, correction, undefined
 
     def gram(self) -> torch.Tensor:
         """G = W_headᵀ E (d_P × d_P), so f·E = u·G costs d² instead of |V|·d. Recomputed when either weight changes."""

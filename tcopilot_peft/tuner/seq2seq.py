@@ -152,11 +152,7 @@ class Seq2SeqRunner:
         if logits is not None:
             correction = layer.head(u)
         else:
-            logits, correction = layer.logits_and_correction(head, hidden, u)
-            undefined = undefined_predictions(logits)
-            if decoding and view is not None:
-                last_undefined = undefined[:, -1:] if undefined is not None else None
-                layer.store_pilot_error(view, logits[:, -1:], length, last_undefined, top_k)
+            logits, correction, undefined = layer.head_step(head, hidden, u, view, length, top_k, decoding)
         tuner.count_skipped(undefined)
         return {
             "logits": tuner.fuse_where_defined(logits, correction, undefined),
