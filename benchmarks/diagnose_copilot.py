@@ -1,0 +1,394 @@
+"""Where does the Copilot's gap to the same-size logit ensemble come from? (issue 22, the diagnosis and ablation)
+
+Greedy accuracy per seed swings by ±8 points around an unchanged held-out cross-entropy, so this script ranks designs
+by **teacher-forced cross-entropy on completion tokens** first: of the Pilot, of the fused prediction
+softmax(log p̂ + λ·f), of (f)'s small model alone and of the logit ensemble softmax(log p̂ + w·log p_S). λ and w are
+chosen by validation cross-entropy (the 100 validation items); the table reports the test items, never used to choose.
+
+Regime and Pilots as `run_results.py` (the base Pilot, LoRA r=16, 4000 distinct examples, 3 epochs, the same splits
+and seeds). Arms, each on the same data, steps and seed:
+
+  default          `CopilotConfig()` trained jointly (Algorithm 1; the Mistake Log's replay of up to 128 rounds);
+  fresh            the same Copilot, from the same initial weights, trained for the same steps on the *frozen final*
+                   Pilot of `default` (`train_pilot="none"`): its Mistake Log holds no stale states;
+  rotary           + positions (`copilot_positions="rotary"`, the Pilot's rope);
+  token            + the token at the Copilot's own position (`copilot_same_position="token"`: X̃_t);
+  token_hidden     + X̃_t and the pooled Pilot state h_t (`copilot_same_position="token_hidden"`);
+  rotary_token_hidden   both;
+  pretrained       `init="pretrained"` from a separately pre-trained smaller decoder (`benchmarks/pilots/small`, the
+                   paper's own setting; fewer parameters than the default, reported);
+  (f)              the small model of the Copilot's size fine-tuned alone (`controls.small_model`), alone and in the
+                   logit ensemble with the Pilot of `default`.
+
+Each (task, seed, arm) unit is kept in the workdir as soon as it finishes; `--resume` skips finished units.
+
+    python benchmarks/diagnose_copilot.py                      # RESULTS_DIAGNOSIS.md (+ .json, per item)
+    python benchmarks/diagnose_copilot.py --resume --seeds 0   # one seed first (a prototype), then all three
+    python benchmarks/diagnose_copilot.py --quick --output /tmp/diagnosis.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from common import LAMBDAS, mean_std, stamped_log
+from controls import copilot_layer_indices, small_model
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import tcopilot_peft
+from tcopilot_peft.demo import PILOT_DIR
+from tcopilot_peft.demo.pipeline import DemoSettings, fine_tune, load_pilot_with_lora, plain_sft
+from tcopilot_peft.demo.tasks import task_splits
+from tcopilot_peft.evaluation.diagnostics import completion_batches
+from tcopilot_peft.fusion import IGNORE_INDEX, shift_targets
+from tcopilot_peft.tuner import CopilotConfig
+
+
+HERE = Path(__file__).resolve().parent
+SMALL_PILOT = HERE / "pilots" / "small"
+# The joint arms: label → CopilotConfig fields (the defaults otherwise).
+JOINT_ARMS = {
+    "default": {},
+    "rotary": {"copilot_positions": "rotary"},
+    "token": {"copilot_same_position": "token"},
+    "token_hidden": {"copilot_same_position": "token_hidden"},
+    "rotary_token_hidden": {"copilot_positions": "rotary", "copilot_same_position": "token_hidden"},
+    "pretrained": {"init": "pretrained", "pretrained_model_name_or_path": str(SMALL_PILOT)},
+}
+# The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
+ARMS = ("default", "ensemble", "token", "token_hidden", "rotary", "rotary_token_hidden", "fresh", "pretrained")
+LABELS = {
+    "default": "default (feed only, position-free; Mistake Log replay)",
+    "fresh": "default trained on the frozen final Pilot's fresh states",
+    "rotary": "+ rotary positions",
+    "token": "+ token X̃_t at its own position",
+    "token_hidden": "+ X̃_t and pooled h_t at its own position",
+    "rotary_token_hidden": "+ rotary positions + X̃_t and h_t",
+    "pretrained": "init from a separately pre-trained small decoder",
+}
+BATCH = 32
+
+log = stamped_log("diagnosis")
+
+
+# ---------------------------------------------------------------------- teacher-forced per-token predictions
+
+
+@torch.no_grad()
+def completion_tokens(forward, tokenizer, rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Per completion token of `rows`: what `forward(batch, labels)` returns (a dict of [tokens, V] tensors read at
+    the completion positions), the gold token and the item it belongs to."""
+    gathered: dict[str, list[torch.Tensor]] = {"gold": [], "item": []}
+    for index, (batch, labels) in enumerate(completion_batches(tokenizer, rows, BATCH)):
+        targets = shift_targets(labels)
+        valid = targets != IGNORE_INDEX
+        for name, values in forward(batch, labels).items():
+            gathered.setdefault(name, []).append(values[valid].float())
+        gathered["gold"].append(targets[valid])
+        items = torch.arange(index * BATCH, index * BATCH + len(labels))[:, None].expand_as(valid)
+        gathered["item"].append(items[valid])
+    return {name: torch.cat(values) for name, values in gathered.items()}
+
+
+def copilot_forward(model):
+    def forward(batch, labels):
+        out = model(**batch, labels=labels)
+        return {"pilot": out.pilot_logits.log_softmax(-1), "correction": out.copilot_logits}
+
+    return forward
+
+
+def small_forward(small):
+    def forward(batch, labels):
+        return {"small": small(**batch).logits.log_softmax(-1)}
+
+    return forward
+
+
+def item_cross_entropy(log_probs: torch.Tensor, tokens: dict, items: int) -> list[float]:
+    """Per item: the summed cross-entropy of its completion tokens (divide by `token_counts` for a mean)."""
+    nll = -log_probs.log_softmax(-1).gather(-1, tokens["gold"][:, None]).squeeze(-1)
+    return torch.zeros(items).index_add_(0, tokens["item"], nll).tolist()
+
+
+def token_counts(tokens: dict, items: int) -> list[int]:
+    return torch.bincount(tokens["item"], minlength=items).tolist()
+
+
+def fused_scores(tokens: dict, items: int) -> dict:
+    """Per-item summed CE of the Pilot and of the fused prediction at each λ of the grid (and λ = 1, trained for)."""
+    grid = sorted({*LAMBDAS, 1.0})
+    return {
+        "tokens": token_counts(tokens, items),
+        "pilot": item_cross_entropy(tokens["pilot"], tokens, items),
+        "fused": {str(v): item_cross_entropy(tokens["pilot"] + v * tokens["correction"], tokens, items) for v in grid},
+    }
+
+
+def ensemble_scores(pilot_tokens: dict, small_tokens: dict, items: int) -> dict:
+    """Per-item summed CE of the small model alone and of the logit ensemble at each weight w of the grid."""
+    both = {**pilot_tokens, "small": small_tokens["small"]}
+    return {
+        "small": item_cross_entropy(both["small"], both, items),
+        "fused": {str(w): item_cross_entropy(both["pilot"] + w * both["small"], both, items) for w in LAMBDAS},
+    }
+
+
+# ---------------------------------------------------------------------- arms
+
+
+def settings_for(task: str, seed: int, epochs: float) -> DemoSettings:
+    return DemoSettings(model=str(PILOT_DIR), task=task, seed=seed, epochs=epochs)
+
+
+def new_copilot_model(settings: DemoSettings, copilot: dict):
+    """The LoRA Pilot with a new Copilot, seeded as `run_results.joint_arm` seeds it."""
+    torch.manual_seed(settings.seed)
+    pilot, tokenizer = load_pilot_with_lora(settings)
+    return get_peft_model(pilot, CopilotConfig(**copilot)), tokenizer
+
+
+def scored(model, tokenizer, splits: dict) -> dict:
+    model.eval()
+    return {
+        name: fused_scores(completion_tokens(copilot_forward(model), tokenizer, rows), len(rows))
+        for name, rows in splits.items()
+    }
+
+
+def joint_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: str) -> dict:
+    """One joint arm: Algorithm 1 with `CopilotConfig(**JOINT_ARMS[arm])`, scored teacher-forced."""
+    model, tokenizer = new_copilot_model(settings, JOINT_ARMS[arm])
+    began = time.perf_counter()
+    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm)
+    seconds = time.perf_counter() - began
+    if arm == "default":  # `fresh` and `ensemble` read this Pilot
+        model.save_pretrained(workdir / "default" / "adapter")
+    copilot = model.base_model.copilot_model[model.active_adapter]
+    return {
+        **scored(model, tokenizer, splits),
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "copilot_parameters": sum(p.numel() for p in copilot.parameters()),
+    }
+
+
+def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path) -> dict:
+    """The default Copilot from its initial weights, trained for the same steps on `default`'s final Pilot, frozen."""
+    initial, _ = new_copilot_model(settings, {})
+    start = initial.base_model.copilot_model[initial.active_adapter].state_dict()
+    base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, workdir / "default" / "adapter", is_trainable=True)
+    model.base_model.copilot_model[model.active_adapter].load_state_dict(start)
+    tokenizer = AutoTokenizer.from_pretrained(PILOT_DIR)
+    began = time.perf_counter()
+    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / "fresh", train_pilot="none")
+    seconds = time.perf_counter() - began
+    return {**scored(model, tokenizer, splits), "steps": trainer.state.global_step, "seconds": seconds}
+
+
+def ensemble_unit(settings: DemoSettings, splits: dict, train, workdir: Path) -> dict:
+    """(f): a small model of the Copilot's depth fine-tuned alone (as `run_results.ensemble_arm`), alone and in the
+    logit ensemble with `default`'s Pilot."""
+    copilot_layers = json.loads((workdir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
+    torch.manual_seed(settings.seed)
+    pilot_layers = AutoModelForCausalLM.from_pretrained(PILOT_DIR).config.num_hidden_layers
+    small = small_model(str(PILOT_DIR), copilot_layer_indices(pilot_layers, copilot_layers))
+    began = time.perf_counter()
+    small, tokenizer, _ = plain_sft(
+        settings,
+        train,
+        workdir / "f",
+        max_steps=-1,
+        model=small,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.copilot_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+    )
+    seconds = time.perf_counter() - began
+    base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
+    pilot = PeftModel.from_pretrained(base, workdir / "default" / "adapter").eval()
+    result = {"seconds": seconds, "small_parameters": sum(p.numel() for p in small.parameters())}
+    for name, rows in splits.items():
+        pilot_tokens = completion_tokens(copilot_forward(pilot), tokenizer, rows)
+        small_tokens = completion_tokens(small_forward(small), tokenizer, rows)
+        result[name] = ensemble_scores(pilot_tokens, small_tokens, len(rows))
+    return result
+
+
+def run_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) -> dict:
+    splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
+    settings = settings_for(task, seed, sizes["epochs"])
+    scoring = {"validation": splits["validation"].to_list(), "test": splits["test"].to_list()}
+    unit_dir = workdir / f"{task}-{seed}"
+    if arm == "fresh":
+        return fresh_unit(settings, scoring, splits["train"], unit_dir)
+    if arm == "ensemble":
+        return ensemble_unit(settings, scoring, splits["train"], unit_dir)
+    return joint_unit(settings, scoring, splits["train"], unit_dir, arm)
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def mean_ce(sums: list[float], tokens: list[int]) -> float:
+    return sum(sums) / sum(tokens)
+
+
+def chosen(unit: dict, tokens: list[int]) -> str:
+    """The λ (or w) with the lowest validation cross-entropy."""
+    grid = unit["validation"]["fused"]
+    return min(grid, key=lambda v: (mean_ce(grid[v], tokens), float(v)))
+
+
+def arm_skills(seed_units: dict, arm: str) -> dict:
+    """Test CE skills of one arm in one seed, against the Pilot it corrects: at λ = 1 and at λ chosen on validation."""
+    unit = seed_units[arm]
+    reference = seed_units["default"] if arm == "ensemble" else unit
+    tokens = {split: reference[split]["tokens"] for split in ("validation", "test")}
+    pilot = mean_ce(reference["test"]["pilot"], tokens["test"])
+    value = chosen(unit, tokens["validation"])
+    skills = {"pilot_ce": pilot, "chosen": value}
+    skills["chosen_skill"] = 1 - mean_ce(unit["test"]["fused"][value], tokens["test"]) / pilot
+    if arm == "ensemble":
+        skills["small_skill"] = 1 - mean_ce(unit["test"]["small"], tokens["test"]) / pilot
+    else:
+        skills["unit_skill"] = 1 - mean_ce(unit["test"]["fused"]["1.0"], tokens["test"]) / pilot
+    return skills
+
+
+def per_item_difference(units: dict, seeds: list[str], arm: str) -> str:
+    """Paired per-item difference of test CE (arm at its chosen λ − default at its chosen λ), pooled over seeds: mean
+    and a 95 % normal interval, in nats per token ×100."""
+    differences = []
+    for seed in seeds:
+        for name, sign in ((arm, 1), ("default", -1)):
+            unit = units[seed][name]
+            tokens = units[seed]["default"]["test"]["tokens"]
+            sums = unit["test"]["fused"][chosen(unit, units[seed]["default"]["validation"]["tokens"])]
+            values = [s / t for s, t in zip(sums, tokens, strict=True)]
+            if sign == 1:
+                current = values
+            else:
+                differences += [a - b for a, b in zip(current, values, strict=True)]
+    mean = statistics.mean(differences)
+    half = 1.96 * statistics.stdev(differences) / len(differences) ** 0.5
+    return f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]"
+
+
+def per_seed(skills: list[dict], key: str) -> str:
+    return ", ".join(f"{100 * k[key]:.1f}" for k in skills)
+
+
+def task_table(task: str, units: dict, seeds: list[str]) -> list[str]:
+    lines = [
+        f"### task `{task}` (base Pilot)",
+        "",
+        "| arm | test CE skill at λ chosen on validation (%) | per seed | at λ = 1 (%) | λ chosen | "
+        "paired per-item CE vs default (×100 nats/token) | training (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in [a for a in JOINT_ARMS if all(a in units[s] for s in seeds)] + (
+        ["fresh"] if all("fresh" in units[s] for s in seeds) else []
+    ):
+        skills = [arm_skills(units[s], arm) for s in seeds]
+        difference = "–" if arm == "default" else per_item_difference(units, seeds, arm)
+        lines.append(
+            f"| {LABELS[arm]} | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
+            f"{per_seed(skills, 'chosen_skill')} | "
+            f"{mean_std([100 * k['unit_skill'] for k in skills])} | {', '.join(k['chosen'] for k in skills)} | "
+            f"{difference} | {statistics.mean(units[s][arm]['seconds'] for s in seeds):.0f} |"
+        )
+    if all("ensemble" in units[s] for s in seeds):
+        skills = [arm_skills(units[s], "ensemble") for s in seeds]
+        lines += [
+            f"| (f) logit ensemble with the small model | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
+            f"{per_seed(skills, 'chosen_skill')} | – | "
+            f"w {', '.join(k['chosen'] for k in skills)} | – | "
+            f"{statistics.mean(units[s]['ensemble']['seconds'] for s in seeds):.0f} |",
+            f"|     (f)'s small model alone | {mean_std([100 * k['small_skill'] for k in skills])} | "
+            f"{per_seed(skills, 'small_skill')} | – | – | – | – |",
+        ]
+    pilot = [arm_skills(units[s], "default")["pilot_ce"] for s in seeds]
+    lines += ["", f"The Pilot of `default`: test CE {mean_std(pilot)} nats/token (skill is 1 − CE / the Pilot's).", ""]
+    return lines
+
+
+def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
+    seeds = [str(s) for s in args.seeds]
+    lines = [
+        "# Diagnosis: where the Copilot's gap to the same-size ensemble comes from (held-out cross-entropy)",
+        "",
+        f"Generated by `{results['command']}` in {wall / 60:.0f} minutes of compute on {platform.machine()} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"tcopilot_peft {tcopilot_peft.__version__}. Per-item sums are in `{args.output.with_suffix('.json').name}`.",
+        "",
+        f"Regime of `RESULTS.md`: the base Pilot, LoRA r=16, {sizes['train']} training examples, {sizes['epochs']:g} "
+        f"epochs, seeds {args.seeds}. Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} "
+        f"test items; λ (w for the ensemble) ∈ {sorted({*LAMBDAS, 1.0})} chosen by the CE of the "
+        f"{sizes['validation']} validation items. Skill = 1 − CE / the Pilot's CE on the same tokens; the ensemble "
+        "and its small model are measured against the Pilot of `default`. Each Copilot arm is measured against its "
+        "own jointly trained Pilot (same seed and data).",
+        "",
+    ]
+    for task in args.tasks:
+        if all(s in results["units"].get(task, {}) for s in seeds):
+            lines += task_table(task, results["units"][task], seeds)
+    return lines
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="A smoke run (small data, one epoch).")
+    parser.add_argument("--tasks", nargs="+", default=["count_then_max", "sort_then_reverse"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--resume", action="store_true", help="Keep the finished units of an interrupted run.")
+    parser.add_argument("--render-only", action="store_true", help="Rewrite the output from the kept units only.")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-diagnosis"))
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS_DIAGNOSIS.md")
+    args = parser.parse_args()
+    sizes = dict(train=4000, validation=100, test=300, epochs=3.0)
+    if args.quick:
+        sizes = dict(train=300, validation=30, test=60, epochs=1.0)
+    partial = args.workdir / "partial.json"
+    if (args.resume or args.render_only) and partial.exists():
+        results = json.loads(partial.read_text())
+    elif args.render_only:
+        sys.exit(f"--render-only needs the kept units of a run, {partial}, which does not exist.")
+    else:
+        results = {"units": {}, "seconds": 0.0}
+    results["command"] = " ".join(["python benchmarks/diagnose_copilot.py", *sys.argv[1:]])
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for seed in [] if args.render_only else args.seeds:
+        for task in args.tasks:
+            for arm in args.arms:
+                units = results["units"].setdefault(task, {}).setdefault(str(seed), {})
+                if arm in units:
+                    continue
+                log(f"{task} seed {seed}: {arm}")
+                began = time.perf_counter()
+                units[arm] = run_unit(task, seed, arm, sizes, args.workdir)
+                results["seconds"] += time.perf_counter() - began
+                partial.write_text(json.dumps(results))
+    args.output.with_suffix(".json").write_text(json.dumps(results))
+    lines = render(results, args, sizes, results["seconds"])
+    args.output.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
