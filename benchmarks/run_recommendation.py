@@ -10,16 +10,22 @@ Pilot (the first version of this benchmark) stayed at the random floor: it would
   (f) a logit ensemble of (a) with a model of the Copilot's depth trained alone on the same rows, w chosen on
       validation;
   references without training, on the same users: popularity (the most frequent training targets) and last-item
-  transitions (the most frequent successors of the history's last item in the training sequences, then popularity).
+  transitions (the most frequent successors of the history's last item in the training sequences, then popularity);
+  the trained reference a user would pick instead, SASRec through RecBole (`--sasrec`, `sasrec.py`), on the same
+  users, split and items, its epoch chosen on the validation items.
 
 Ranking by beam search with 20 beams constrained to real item ids; Hit@K and NDCG@K for K ∈ {5, 10, 20}; paired
 per-user differences of NDCG@20 with a bootstrap interval. Each seed's rankings are kept as soon as they exist
 (`RESULTS_BEAUTY.<architecture>.json`; a rerun skips finished seeds); the table covers every architecture run.
 
     python benchmarks/run_recommendation.py --architecture t5       # then --architecture llama
+    python benchmarks/run_recommendation.py --sasrec --seeds 0      # SASRec, into the kept architectures' references
     python benchmarks/run_recommendation.py --render-only           # RESULTS_BEAUTY.md from the kept rankings
     python benchmarks/run_recommendation.py --cross-entropy 300     # why: fused vs Pilot cross-entropy, seen/held out
     python benchmarks/run_recommendation.py --quick --architecture llama --output /tmp/beauty.md   # a smoke run
+
+`--sasrec` needs RecBole, an optional benchmark-only dependency (the package and its tests never do):
+`pip install --no-deps recbole==1.2.1 && pip install colorlog texttable tensorboard thop` (why so: `sasrec.py`).
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ DATA = HERE.parent / ".." / "shared" / "data" / "openp5_beauty"
 K = max(KS)
 ARCHITECTURES = ("t5", "llama")
 SAMPLE_SEED = 1000
+MAX_HISTORY = 10  # OpenP5's max_his: the prompts' histories, and SASRec's
+SASREC = "SASRec (RecBole)"
 # One size for both shapes: width 128, 4 Pilot blocks (T5: 4 encoder + 4 decoder); the default Copilot is 2 blocks.
 WIDTH, FEED_FORWARD, HEADS, PILOT_LAYERS = 128, 512, 4, 4
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -312,7 +320,10 @@ def architecture_block(architecture: str, results: dict, parameters: int) -> lis
         "|---|" + "---|" * (2 * len(KS)),
     ]
     for name, ranked in results["references"].items():
-        lines.append(f"| {name} (no training) | {cells([ranking_metrics(ranked, targets, KS)])} |")
+        # A reference without training is one ranking; a trained one (SASRec) one per seed.
+        per_seed = [ranked] if isinstance(ranked, list) else [ranked[s] for s in sorted(ranked)]
+        label = f"{name} (no training)" if isinstance(ranked, list) else f"{name}, seeds {sorted(ranked)}"
+        lines.append(f"| {label} | {cells([ranking_metrics(r, targets, KS) for r in per_seed])} |")
     for arm, name in ARMS:
         lines.append(f"| {name} | {cells([ranking_metrics(runs[s][arm], targets, KS) for s in seeds])} |")
     lines += ["", f"Paired per-user difference of NDCG@{K} against (a), points (mean [95 % bootstrap interval]):", ""]
@@ -332,7 +343,23 @@ def architecture_block(architecture: str, results: dict, parameters: int) -> lis
         f"the small model alone {small / 60:.1f} min.",
         "",
     ]
+    if "sasrec" in results:
+        lines += sasrec_lines(results["sasrec"]["seeds"])
     return lines + [line for check in results.get("cross_entropy", []) for line in cross_entropy_lines(check)]
+
+
+def sasrec_lines(seeds: dict) -> list[str]:
+    runs = [seeds[s] for s in sorted(seeds)]
+    return [
+        f"{SASREC}: RecBole 1.2.1's SASRec defaults (2 blocks of width 64, dropout 0.5, Adam at 1e-3, cross-entropy "
+        f"over every item) with batch {runs[0]['batch_size']} and histories of the {MAX_HISTORY} most recent items, "
+        f"trained on the same training items and ranking the same 12,101 items; the epoch with the best validation "
+        f"NDCG@{K} (every sampled user's validation item; training stopped {runs[0]['patience']} epochs after it) per "
+        f"seed: {[run['epoch'] for run in runs]}, validation NDCG@{K} "
+        f"{[round(100 * max(run['validation_ndcg']), 2) for run in runs]} points; training "
+        f"{statistics.mean(run['train_seconds'] for run in runs) / 60:.1f} min per seed.",
+        "",
+    ]
 
 
 def cross_entropy_lines(check: dict) -> list[str]:
@@ -393,10 +420,15 @@ PAPER_SCALE = [
 # ---------------------------------------------------------------------- main
 
 
-def prepare(args):
+def sample_users(args) -> list:
+    """The benchmark's users: `args.users` of the data's, drawn with `SAMPLE_SEED`."""
     users, _ = load_user_sequences(str(args.data))
-    sample = random.Random(SAMPLE_SEED).sample(users, args.users)
-    splits = leave_one_out(sample)
+    return random.Random(SAMPLE_SEED).sample(users, args.users)
+
+
+def prepare(args):
+    sample = sample_users(args)
+    splits = leave_one_out(sample, max_history=MAX_HISTORY)
     item_ids = sorted(load_item_ids(str(args.data)))
     tokenizer = item_tokenizer(item_ids)
     test_users = sample[: args.test_users]
@@ -426,6 +458,10 @@ def main() -> None:
         "ROWS training and ROWS validation rows (one joint run, the first seed), kept beside the rankings",
     )  # fmt: skip
     parser.add_argument("--holdout-fraction", type=float, default=0.0, help="the --cross-entropy run's holdout")
+    parser.add_argument(
+        "--sasrec", action="store_true", help="train the SASRec reference (RecBole) for each of --seeds on the same "
+        "users and split; its test rankings join the references of every kept architecture run",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.users, args.test_users, args.validation_users, args.epochs = 60, 20, 10, 0.5
@@ -440,6 +476,8 @@ def main() -> None:
         checks = _checks(checked)
         kept_checks = [c for c in checks if c["holdout_fraction"] != args.holdout_fraction]
         checked.write_text(json.dumps(kept_checks + [check]))
+    elif args.sasrec:
+        run_sasrec(args, kept)
     elif not args.render_only:
         run_architecture(args, kept[args.architecture])
     outputs = {a: json.loads(path.read_text()) for a, path in kept.items() if path.exists()}
@@ -448,7 +486,9 @@ def main() -> None:
     if not outputs:
         raise SystemExit(f"No kept rankings ({', '.join(map(str, kept.values()))}): run an --architecture first.")
     tokenizer = item_tokenizer(load_item_ids(str(args.data)))
-    commands = [outputs[a]["command"] for a in outputs] + [c["command"] for c in _checks(checked)]
+    sasrec_commands = {outputs[a]["sasrec"]["command"] for a in outputs if "sasrec" in outputs[a]}
+    commands = [outputs[a]["command"] for a in outputs] + sorted(sasrec_commands)
+    commands += [c["command"] for c in _checks(checked)]
     lines = render(outputs, commands, tokenizer)
     args.output.write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
@@ -474,7 +514,8 @@ def run_architecture(args, path: Path) -> None:
     output = json.loads(path.read_text()) if path.exists() else {"seeds": {}}
     if output.get("settings", settings) != settings or output.get("targets", targets) != targets:
         raise SystemExit(f"{path} holds a run with other settings; move it away or use another --output")
-    output.update(settings=settings, targets=targets, references=references)
+    # References trained apart (`--sasrec`) were added to the kept file and stay.
+    output.update(settings=settings, targets=targets, references=output.get("references", {}) | references)
     output["command"] = command_line()
     for seed in args.seeds:
         if str(seed) in output["seeds"]:
@@ -483,6 +524,47 @@ def run_architecture(args, path: Path) -> None:
         output["seeds"][str(seed)] = run_seed(args.architecture, splits, trie, tokenizer, seed, args.epochs, workdir,
                                               settings)  # fmt: skip
         path.write_text(json.dumps(output))
+
+
+def run_sasrec(args, kept: dict[str, Path]) -> None:
+    """SASRec for every seed not yet kept, trained once on the sampled users and added (test rankings per seed, under
+    `references`; epoch, validation curve and time under `sasrec`) to every kept architecture run on those users."""
+    from sasrec import train_sasrec
+
+    sample = sample_users(args)
+    test_users = sample[: args.test_users]
+    targets = [u.items[-1] for u in test_users]
+    outputs = {path: json.loads(path.read_text()) for path in kept.values() if path.exists()}
+    if not outputs:
+        raise SystemExit("--sasrec joins the kept architecture runs: run an --architecture first.")
+    for path, output in outputs.items():
+        if output["targets"] != targets:
+            raise SystemExit(f"{path} was run on other users than --users {args.users} --test-users {args.test_users}")
+    # The union over the kept files, so that an architecture run after an earlier --sasrec gets its seeds too.
+    ranked, details = {}, {"seeds": {}}
+    for output in outputs.values():
+        ranked |= output["references"].get(SASREC, {})
+        earlier = output.get("sasrec", {"seeds": {}})
+        details = earlier | {"seeds": details["seeds"] | earlier["seeds"]}
+
+    def keep():
+        for path, output in outputs.items():
+            output["references"][SASREC], output["sasrec"] = ranked, details
+            path.write_text(json.dumps(output))
+
+    item_ids = load_item_ids(str(args.data))
+    for seed in args.seeds:
+        if str(seed) in ranked:
+            continue
+        log(f"SASRec seed {seed}: training on {len(sample)} users' training items, epochs by validation NDCG@{K}")
+        run = train_sasrec(sample, item_ids, test_users, args.workdir / "sasrec" / str(seed), seed, K, MAX_HISTORY)
+        ranked[str(seed)] = run.pop("ranked")
+        details["seeds"][str(seed)] = run
+        details["command"] = command_line()
+        log(f"SASRec seed {seed}: epoch {run['epoch']}, {run['train_seconds'] / 60:.1f} min")
+        keep()
+    if ranked:
+        keep()
 
 
 if __name__ == "__main__":

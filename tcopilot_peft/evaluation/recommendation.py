@@ -69,47 +69,101 @@ class UserSequence:
 
 
 def load_item_ids(folder: str) -> set[str]:
-    """The numeric item ids of `item_random_indexing.txt` (`original_id numeric_id` per line)."""
+    """The numeric item ids of `item_random_indexing.txt` (`original_id numeric_id` per line, each id once).
+
+    Raises:
+        DataError: a missing or empty file, or its first bad line (named with its number): not two fields, a
+            non-integer id, an id given twice, or a last line without its line end (a file cut short).
+    """
     path = os.path.join(folder, ITEMS_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{folder} has no {ITEMS_FILE} (an OpenP5 data folder holds it beside {SEQUENCES_FILE})")
-    ids = set()
+    numeric_lines: dict[str, int] = {}
+    original_lines: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise DataError(f"{path}, line {number}: expected 'original_id numeric_id', got {line.strip()!r}")
-            ids.add(fields[1])
-    return ids
+            problem = _item_problem(line, numeric_lines, original_lines)
+            if problem is not None:
+                raise DataError(f"{path}, line {number}: {problem}")
+            original, numeric = line.split()
+            original_lines[original] = numeric_lines[numeric] = number
+    if not numeric_lines:
+        raise DataError(f"{path} holds no item ids")
+    return set(numeric_lines)
 
 
 def load_user_sequences(folder: str, on_bad_rows: BadRowPolicy = "error") -> tuple[list[UserSequence], list[str]]:
-    """Every user's interaction sequence; returns the sequences and, under `on_bad_rows="skip"`, what was skipped."""
+    """Every user's interaction sequence; returns the sequences and, under `on_bad_rows="skip"`, what was skipped.
+
+    Raises:
+        DataError: a missing or empty file, or (under `"error"`) its first bad line, named with
+            its number: an empty line, a non-integer user or item id, a user given twice, fewer than 3 items (the
+            leave-one-out split needs a training, a validation and a test item), an item id that
+            `item_random_indexing.txt` does not map, or a last line without its line end (a file cut short).
+    """
     known = load_item_ids(folder)
     path = os.path.join(folder, SEQUENCES_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{folder} has no {SEQUENCES_FILE} (OpenP5's randomly indexed user sequences)")
     users, skipped = [], []
+    user_lines: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            user, *items = line.split()
-            problem = _sequence_problem(items, known)
+            problem = _sequence_problem(line, known, user_lines)
             if problem is None:
+                user, *items = line.split()
                 users.append(UserSequence(user, tuple(items)))
+                user_lines[user] = number
             elif on_bad_rows == "skip":
                 skipped.append(f"{path}, line {number}: {problem}")
             else:
                 raise DataError(
                     f"{path}, line {number}: {problem} (pass --bad-rows skip to count and skip such lines)"
                 )
+    if not users and not skipped:
+        raise DataError(f"{path} is empty")
     return users, skipped
 
 
-def _sequence_problem(items: list[str], known: set[str]) -> str | None:
+def _item_problem(line: str, numeric_lines: dict[str, int], original_lines: dict[str, int]) -> str | None:
+    fields = line.split()
+    if len(fields) != 2 or not _is_integer(fields[1]):
+        return _cut_short(line) or f"expected 'original_id numeric_id', got {line.strip()!r}"
+    original, numeric = fields
+    if numeric in numeric_lines:
+        return f"numeric id {numeric} was already given on line {numeric_lines[numeric]}"
+    if original in original_lines:
+        return f"item {original!r} was already given an id on line {original_lines[original]}"
+    return _cut_short(line)
+
+
+def _sequence_problem(line: str, known: set[str], user_lines: dict[str, int]) -> str | None:
+    if not line.strip():
+        return "an empty line"
+    if not line.endswith("\n"):
+        return _cut_short(line)
+    user, *items = line.split()
+    if not _is_integer(user):
+        return f"user id {user!r} is not an integer"
+    if user in user_lines:
+        return f"user {user} already has a sequence on line {user_lines[user]}"
+    malformed = [item for item in items if not _is_integer(item)]
+    if malformed:
+        return f"item id {malformed[0]!r} is not an integer"
     if len(items) < 3:
         return f"a user needs at least 3 items (train, validation, test), got {len(items)}"
     unknown = [item for item in items if item not in known]
     return f"item id {unknown[0]!r} is not in {ITEMS_FILE}" if unknown else None
+
+
+def _is_integer(token: str) -> bool:
+    return token.isascii() and token.isdigit()
+
+
+def _cut_short(line: str) -> str | None:
+    """OpenP5 ends every line with a line end, so a last line without one is a file cut mid-write or mid-copy: its last
+    id may be a fragment of a real one, and reading it as given would silently change that user's targets."""
+    return None if line.endswith("\n") else f"no line end after {line.strip()[-20:]!r}: the file looks cut short"
 
 
 def leave_one_out(users: Sequence[UserSequence], dataset: str = "Beauty", max_history: int = 10) -> dict[str, list]:

@@ -57,6 +57,11 @@ def test_leave_one_out_follows_openp5(tmp_path):
     [
         (["1 1001 1002"], "line 1: a user needs at least 3 items"),
         (["1 1001 1002 1013", "2 1001 9999 1002"], "line 2: item id '9999' is not in item_random_indexing.txt"),
+        (["1 1001 1002 1013", "", "3 1001 1002 1013"], "line 2: an empty line"),
+        (["1 1001 1002 1013", "2 1001 1o02 1013"], "line 2: item id '1o02' is not an integer"),
+        (["1 1001 1002 1013", "2"], "line 2: a user needs at least 3 items"),
+        (["u1 1001 1002 1013", "2 1001 1002 1013"], "line 1: user id 'u1' is not an integer"),
+        (["1 1001 1002 1013", "1 2040 2041 977"], "line 2: user 1 already has a sequence on line 1"),
     ],
 )
 def test_bad_lines_name_the_file_and_line_or_are_counted_and_skipped(tmp_path, lines, message):
@@ -66,6 +71,38 @@ def test_bad_lines_name_the_file_and_line_or_are_counted_and_skipped(tmp_path, l
     users, skipped = load_user_sequences(folder, on_bad_rows="skip")
     assert len(skipped) == 1 and message in skipped[0] and "user_sequence_random_indexing.txt" in skipped[0]
     assert len(users) == len(lines) - 1
+
+
+def test_a_sequence_file_cut_mid_line_is_refused(tmp_path):
+    folder = write_folder(tmp_path, ["1 1001 1002 1013", "2 1001 1002 2041"])
+    sequences = folder / "user_sequence_random_indexing.txt"
+    sequences.write_text(sequences.read_text()[:-3])  # "2 1001 1002 20": a fragment that happens to be no id
+    with pytest.raises(DataError, match=r"user_sequence_random_indexing.txt, line 2: no line end after .*cut short"):
+        load_user_sequences(str(folder))
+    assert len(load_user_sequences(str(folder), on_bad_rows="skip")[0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("B1 1001\nB2 1002\nB3 10", "line 3: no line end after 'B3 10': the file looks cut short"),
+        ("B1 1001\n\nB3 1013\n", "line 2: expected 'original_id numeric_id', got ''"),
+        ("B1 1001\nB2 one\n", "line 2: expected 'original_id numeric_id', got 'B2 one'"),
+        ("B1 1001\nB2 1001\n", "line 2: numeric id 1001 was already given on line 1"),
+        ("B1 1001\nB1 1002\n", "line 2: item 'B1' was already given an id on line 1"),
+        ("", "item_random_indexing.txt holds no item ids"),
+    ],
+)
+def test_a_bad_item_mapping_names_the_file_and_line(tmp_path, text, message):
+    folder = write_folder(tmp_path, ["1 1001 1002 1013"])
+    (folder / "item_random_indexing.txt").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_user_sequences(str(folder), on_bad_rows="skip")  # the mapping is never skipped past
+
+
+def test_an_empty_sequence_file_is_refused(tmp_path):
+    with pytest.raises(DataError, match="user_sequence_random_indexing.txt is empty"):
+        load_user_sequences(str(write_folder(tmp_path, [])))
 
 
 def test_a_folder_without_the_files_is_a_clear_error(tmp_path):
