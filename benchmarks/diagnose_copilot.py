@@ -15,6 +15,9 @@ and seeds). Arms, each on the same data, steps and seed:
   token            + the token at the Copilot's own position (`copilot_same_position="token"`: X̃_t);
   token_hidden     + X̃_t and the pooled Pilot state h_t (`copilot_same_position="token_hidden"`);
   rotary_token_hidden   both;
+  token_own        `token` trained with `fused_and_own_ce` (registered here, not in the package): the fused
+                   cross-entropy plus the cross-entropy of the Copilot's own prediction softmax(f), so f is also a
+                   standalone model, as (f)'s small model is, and logit fusion log p̂ + λ·f can form the ensemble;
   pretrained       `init="pretrained"` from a separately pre-trained smaller decoder (`benchmarks/pilots/small`, the
                    paper's own setting; fewer parameters than the default, reported);
   (f)              the small model of the Copilot's size fine-tuned alone (`controls.small_model`), alone and in the
@@ -49,12 +52,50 @@ from tcopilot_peft.demo import PILOT_DIR
 from tcopilot_peft.demo.pipeline import DemoSettings, fine_tune, load_pilot_with_lora, plain_sft
 from tcopilot_peft.demo.tasks import task_splits
 from tcopilot_peft.evaluation.diagnostics import completion_batches
-from tcopilot_peft.fusion import IGNORE_INDEX, shift_targets
+from tcopilot_peft.fusion import (
+    IGNORE_INDEX,
+    Objective,
+    fused_cross_entropy,
+    fused_cross_entropy_from_head,
+    head_logsumexp,
+    register_objective,
+    shift_targets,
+)
 from tcopilot_peft.tuner import CopilotConfig
 
 
 HERE = Path(__file__).resolve().parent
 SMALL_PILOT = HERE / "pilots" / "small"
+OWN_CE = "fused_and_own_ce"
+
+
+def fused_and_own_cross_entropy(correction, target_ids, prediction):
+    """Per token: the fused cross-entropy plus −log softmax(f)_y, the Copilot's own prediction's cross-entropy."""
+    f = correction.float()
+    own = torch.logsumexp(f, -1) - f.gather(-1, target_ids.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return fused_cross_entropy(correction, target_ids, prediction) + own
+
+
+def fused_and_own_cross_entropy_from_head(hidden, head_weight, target_ids, prediction):
+    """`fused_and_own_cross_entropy` of f = W·u without building f (the Copilot's training path)."""
+    u = hidden.to(head_weight.dtype)
+    f_y = (u * head_weight[target_ids.clamp_min(0)]).sum(-1).float()
+    own = head_logsumexp(u, head_weight) - f_y
+    return fused_cross_entropy_from_head(hidden, head_weight, target_ids, prediction) + own
+
+
+register_objective(
+    Objective(
+        name=OWN_CE,
+        help="the fused cross-entropy plus the cross-entropy of the Copilot's own prediction softmax(f)",
+        per_token=fused_and_own_cross_entropy,
+        fusion_mode="logit",
+        inference_feed="pilot_error",
+        fusion_modes=("logit",),
+        diagnostics=("copilot_ce_skill",),
+        per_token_from_head=fused_and_own_cross_entropy_from_head,
+    )
+)
 # The joint arms: label → CopilotConfig fields (the defaults otherwise).
 JOINT_ARMS = {
     "default": {},
@@ -62,10 +103,14 @@ JOINT_ARMS = {
     "token": {"copilot_same_position": "token"},
     "token_hidden": {"copilot_same_position": "token_hidden"},
     "rotary_token_hidden": {"copilot_positions": "rotary", "copilot_same_position": "token_hidden"},
+    "token_own": {"copilot_same_position": "token", "copilot_loss": OWN_CE},
     "pretrained": {"init": "pretrained", "pretrained_model_name_or_path": str(SMALL_PILOT)},
 }
 # The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
-ARMS = ("default", "ensemble", "token", "token_hidden", "rotary", "rotary_token_hidden", "fresh", "pretrained")
+ARMS = (
+    *("default", "ensemble", "token", "token_hidden", "token_own"),
+    *("fresh", "rotary", "rotary_token_hidden", "pretrained"),
+)
 LABELS = {
     "default": "default (feed only, position-free; Mistake Log replay)",
     "fresh": "default trained on the frozen final Pilot's fresh states",
@@ -73,6 +118,7 @@ LABELS = {
     "token": "+ token X̃_t at its own position",
     "token_hidden": "+ X̃_t and pooled h_t at its own position",
     "rotary_token_hidden": "+ rotary positions + X̃_t and h_t",
+    "token_own": "+ X̃_t, trained also on its own prediction's cross-entropy",
     "pretrained": "init from a separately pre-trained small decoder",
 }
 BATCH = 32

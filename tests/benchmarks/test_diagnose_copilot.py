@@ -92,3 +92,20 @@ def test_a_better_arm_has_a_negative_paired_difference():
     better["test"]["fused"]["1.0"] = [0.3, 0.2]
     text = diagnosis.per_item_difference({"0": {"default": default, "token": better}}, ["0"], "token")
     assert text.startswith("-25.00 [")
+
+
+def test_the_own_cross_entropy_objective_adds_the_copilots_own_loss_and_its_head_form_agrees():
+    from tcopilot_peft.fusion import PilotPrediction, fused_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    hidden, head = torch.randn(6, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    gold = torch.randint(9, (6,), generator=generator)
+    prediction = PilotPrediction.from_logits(torch.randn(6, 9, generator=generator))
+    correction = hidden @ head.T
+    own = torch.nn.functional.cross_entropy(correction, gold, reduction="none")
+    expected = fused_cross_entropy(correction, gold, prediction) + own
+    assert diagnosis.fused_and_own_cross_entropy(correction, gold, prediction) == pytest.approx(
+        expected.tolist(), rel=1e-5
+    )
+    from_head = diagnosis.fused_and_own_cross_entropy_from_head(hidden, head, gold, prediction)
+    assert from_head.tolist() == pytest.approx(expected.tolist(), rel=1e-4)
