@@ -10,11 +10,15 @@ and seeds). Arms, each on the same data, steps and seed:
 
   default          `CopilotConfig()` trained jointly (Algorithm 1; the Mistake Log's replay of up to 128 rounds);
   fresh            the same Copilot, from the same initial weights, trained for the same steps on the *frozen final*
-                   Pilot of `default` (`train_pilot="none"`): its Mistake Log holds no stale states;
+                   Pilot of `default` (`train_pilot="none"`): its Mistake Log holds no stale states
+                   (`fresh_token_hidden`, `fresh_rotary_token`: those arms' Copilots, trained so);
+  current          `default` trained jointly on the round just logged only (`mistake_log_sampling="current"`: the
+                   Pilot's exact p̂ of this step, no replay of older states);
   rotary           + positions (`copilot_positions="rotary"`, the Pilot's rope);
   token            + the token at the Copilot's own position (`copilot_same_position="token"`: X̃_t);
   token_hidden     + X̃_t and the pooled Pilot state h_t (`copilot_same_position="token_hidden"`);
-  rotary_token_hidden   both;
+  rotary_token     rotary + token (the prototype of the issue, whose token arm had positions too);
+  rotary_token_hidden   rotary + token_hidden;
   token_own        `token` trained with `fused_and_own_ce` (registered here, not in the package): the fused
                    cross-entropy plus the cross-entropy of the Copilot's own prediction softmax(f), so f is also a
                    standalone model, as (f)'s small model is, and logit fusion log p̂ + λ·f can form the ensemble;
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -45,7 +50,8 @@ import transformers
 from common import LAMBDAS, mean_std, stamped_log
 from controls import copilot_layer_indices, small_model
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 import tcopilot_peft
 from tcopilot_peft.demo import PILOT_DIR
@@ -102,23 +108,42 @@ JOINT_ARMS = {
     "rotary": {"copilot_positions": "rotary"},
     "token": {"copilot_same_position": "token"},
     "token_hidden": {"copilot_same_position": "token_hidden"},
+    "rotary_token": {"copilot_positions": "rotary", "copilot_same_position": "token"},
     "rotary_token_hidden": {"copilot_positions": "rotary", "copilot_same_position": "token_hidden"},
     "token_own": {"copilot_same_position": "token", "copilot_loss": OWN_CE},
+    "current": {},
     "pretrained": {"init": "pretrained", "pretrained_model_name_or_path": str(SMALL_PILOT)},
 }
+# Copilots trained on `default`'s final Pilot, frozen: label → the joint arm whose Copilot they train.
+FRESH_ARMS = {"fresh": "default", "fresh_token_hidden": "token_hidden", "fresh_rotary_token": "rotary_token"}
+# Joint arms that differ in how the Copilot trains, not in what it is: `CopilotSFTConfig` overrides.
+TRAINING = {"current": {"mistake_log_sampling": "current"}}
 # The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
 ARMS = (
     *("default", "ensemble", "token", "token_hidden", "token_own"),
-    *("fresh", "rotary", "rotary_token_hidden", "pretrained"),
+    *(
+        "fresh",
+        "fresh_token_hidden",
+        "fresh_rotary_token",
+        "current",
+        "rotary_token",
+        "rotary_token_hidden",
+        "rotary",
+        "pretrained",
+    ),
 )
 LABELS = {
     "default": "default (feed only, position-free; Mistake Log replay)",
     "fresh": "default trained on the frozen final Pilot's fresh states",
+    "fresh_token_hidden": "+ X̃_t and h_t, trained on the frozen final Pilot",
+    "fresh_rotary_token": "+ rotary positions + X̃_t, trained on the frozen final Pilot",
     "rotary": "+ rotary positions",
     "token": "+ token X̃_t at its own position",
     "token_hidden": "+ X̃_t and pooled h_t at its own position",
+    "rotary_token": "+ rotary positions + X̃_t",
     "rotary_token_hidden": "+ rotary positions + X̃_t and h_t",
     "token_own": "+ X̃_t, trained also on its own prediction's cross-entropy",
+    "current": "default trained on the round just logged only (no replay)",
     "pretrained": "init from a separately pre-trained small decoder",
 }
 BATCH = 32
@@ -215,7 +240,7 @@ def joint_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     """One joint arm: Algorithm 1 with `CopilotConfig(**JOINT_ARMS[arm])`, scored teacher-forced."""
     model, tokenizer = new_copilot_model(settings, JOINT_ARMS[arm])
     began = time.perf_counter()
-    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm)
+    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, **TRAINING.get(arm, {}))
     seconds = time.perf_counter() - began
     if arm == "default":  # `fresh` and `ensemble` read this Pilot
         model.save_pretrained(workdir / "default" / "adapter")
@@ -228,16 +253,24 @@ def joint_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     }
 
 
-def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path) -> dict:
-    """The default Copilot from its initial weights, trained for the same steps on `default`'s final Pilot, frozen."""
-    initial, _ = new_copilot_model(settings, {})
-    start = initial.base_model.copilot_model[initial.active_adapter].state_dict()
-    base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, workdir / "default" / "adapter", is_trainable=True)
-    model.base_model.copilot_model[model.active_adapter].load_state_dict(start)
-    tokenizer = AutoTokenizer.from_pretrained(PILOT_DIR)
+def load_trained_lora(model, adapter: Path) -> None:
+    """Copy the Pilot's LoRA weights of a saved adapter into `model` (whose Copilot may be configured otherwise)."""
+    saved = {k: v for k, v in load_file(adapter / "adapter_model.safetensors").items() if ".lora_" in k}
+    state = model.state_dict()
+    # The saved keys omit the LoRA adapter's name: `….lora_A.weight` is `….lora_A.<name>.weight` in the model.
+    named = {re.sub(r"\.(lora_[AB])\.[^.]+\.weight$", r".\1.weight", k): k for k in state if ".lora_" in k}
+    if set(named) != set(saved):
+        raise ValueError(f"{adapter}: its LoRA weights do not match the Pilot's LoRA layers.")
+    model.load_state_dict({named[k]: v for k, v in saved.items()}, strict=False)
+
+
+def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: str) -> dict:
+    """The Copilot of `FRESH_ARMS[arm]` from its initial weights, trained for the same steps on `default`'s final
+    Pilot, frozen (`train_pilot="none"`)."""
+    model, tokenizer = new_copilot_model(settings, JOINT_ARMS[FRESH_ARMS[arm]])
+    load_trained_lora(model, workdir / "default" / "adapter")
     began = time.perf_counter()
-    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / "fresh", train_pilot="none")
+    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, train_pilot="none")
     seconds = time.perf_counter() - began
     return {**scored(model, tokenizer, splits), "steps": trainer.state.global_step, "seconds": seconds}
 
@@ -277,8 +310,8 @@ def run_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) -> dict
     settings = settings_for(task, seed, sizes["epochs"])
     scoring = {"validation": splits["validation"].to_list(), "test": splits["test"].to_list()}
     unit_dir = workdir / f"{task}-{seed}"
-    if arm == "fresh":
-        return fresh_unit(settings, scoring, splits["train"], unit_dir)
+    if arm in FRESH_ARMS:
+        return fresh_unit(settings, scoring, splits["train"], unit_dir, arm)
     if arm == "ensemble":
         return ensemble_unit(settings, scoring, splits["train"], unit_dir)
     return joint_unit(settings, scoring, splits["train"], unit_dir, arm)
@@ -344,9 +377,7 @@ def task_table(task: str, units: dict, seeds: list[str]) -> list[str]:
         "paired per-item CE vs default (×100 nats/token) | training (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for arm in [a for a in JOINT_ARMS if all(a in units[s] for s in seeds)] + (
-        ["fresh"] if all("fresh" in units[s] for s in seeds) else []
-    ):
+    for arm in [a for a in ARMS if a != "ensemble" and all(a in units[s] for s in seeds)]:
         skills = [arm_skills(units[s], arm) for s in seeds]
         difference = "–" if arm == "default" else per_item_difference(units, seeds, arm)
         lines.append(
