@@ -346,20 +346,21 @@ def arm_skills(seed_units: dict, arm: str) -> dict:
     return skills
 
 
+def chosen_item_ce(units: dict, seed: str, arm: str) -> list[float]:
+    """Per test item: the arm's mean CE per token at its λ chosen on validation."""
+    unit, reference = units[seed][arm], units[seed]["default"]
+    sums = unit["test"]["fused"][chosen(unit, reference["validation"]["tokens"])]
+    return [s / t for s, t in zip(sums, reference["test"]["tokens"], strict=True)]
+
+
 def per_item_difference(units: dict, seeds: list[str], arm: str) -> str:
     """Paired per-item difference of test CE (arm at its chosen λ − default at its chosen λ), pooled over seeds: mean
     and a 95 % normal interval, in nats per token ×100."""
-    differences = []
-    for seed in seeds:
-        for name, sign in ((arm, 1), ("default", -1)):
-            unit = units[seed][name]
-            tokens = units[seed]["default"]["test"]["tokens"]
-            sums = unit["test"]["fused"][chosen(unit, units[seed]["default"]["validation"]["tokens"])]
-            values = [s / t for s, t in zip(sums, tokens, strict=True)]
-            if sign == 1:
-                current = values
-            else:
-                differences += [a - b for a, b in zip(current, values, strict=True)]
+    differences = [
+        a - b
+        for seed in seeds
+        for a, b in zip(chosen_item_ce(units, seed, arm), chosen_item_ce(units, seed, "default"), strict=True)
+    ]
     mean = statistics.mean(differences)
     half = 1.96 * statistics.stdev(differences) / len(differences) ** 0.5
     return f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}]"
@@ -369,58 +370,66 @@ def per_seed(skills: list[dict], key: str) -> str:
     return ", ".join(f"{100 * k[key]:.1f}" for k in skills)
 
 
-def task_table(task: str, units: dict, seeds: list[str]) -> list[str]:
+def task_table(task: str, units: dict) -> list[str]:
+    """One task's rows: each arm over the seeds it was run on (a prototype arm may have one seed, a confirmed one
+    three), its paired difference against `default` on those same seeds."""
     lines = [
         f"### task `{task}` (base Pilot)",
         "",
-        "| arm | test CE skill at λ chosen on validation (%) | per seed | at λ = 1 (%) | λ chosen | "
+        "| arm | seeds | test CE skill at λ chosen on validation (%) | per seed | at λ = 1 (%) | λ chosen | "
         "paired per-item CE vs default (×100 nats/token) | training (s) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in [a for a in ARMS if a != "ensemble" and all(a in units[s] for s in seeds)]:
+    for arm in [a for a in ARMS if a != "ensemble"]:
+        seeds = [s for s in units if arm in units[s]]
+        if not seeds:
+            continue
         skills = [arm_skills(units[s], arm) for s in seeds]
         difference = "–" if arm == "default" else per_item_difference(units, seeds, arm)
         lines.append(
-            f"| {LABELS[arm]} | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
+            f"| {LABELS[arm]} | {', '.join(seeds)} | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
             f"{per_seed(skills, 'chosen_skill')} | "
             f"{mean_std([100 * k['unit_skill'] for k in skills])} | {', '.join(k['chosen'] for k in skills)} | "
             f"{difference} | {statistics.mean(units[s][arm]['seconds'] for s in seeds):.0f} |"
         )
-    if all("ensemble" in units[s] for s in seeds):
+    seeds = [s for s in units if "ensemble" in units[s]]
+    if seeds:
         skills = [arm_skills(units[s], "ensemble") for s in seeds]
         lines += [
-            f"| (f) logit ensemble with the small model | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
-            f"{per_seed(skills, 'chosen_skill')} | – | "
+            f"| (f) logit ensemble with the small model | {', '.join(seeds)} | "
+            f"{mean_std([100 * k['chosen_skill'] for k in skills])} | {per_seed(skills, 'chosen_skill')} | – | "
             f"w {', '.join(k['chosen'] for k in skills)} | – | "
             f"{statistics.mean(units[s]['ensemble']['seconds'] for s in seeds):.0f} |",
-            f"|     (f)'s small model alone | {mean_std([100 * k['small_skill'] for k in skills])} | "
-            f"{per_seed(skills, 'small_skill')} | – | – | – | – |",
+            f"|     (f)'s small model alone | {', '.join(seeds)} | "
+            f"{mean_std([100 * k['small_skill'] for k in skills])} | {per_seed(skills, 'small_skill')} "
+            "| – | – | – | – |",
         ]
-    pilot = [arm_skills(units[s], "default")["pilot_ce"] for s in seeds]
-    lines += ["", f"The Pilot of `default`: test CE {mean_std(pilot)} nats/token (skill is 1 − CE / the Pilot's).", ""]
+    pilot = [arm_skills(units[s], "default")["pilot_ce"] for s in units if "default" in units[s]]
+    spread = f" ± {statistics.stdev(pilot):.3f}" if len(pilot) > 1 else ""
+    lines += ["", f"The Pilot of `default`: test CE {statistics.mean(pilot):.3f}{spread} nats/token.", ""]
     return lines
 
 
 def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
-    seeds = [str(s) for s in args.seeds]
     lines = [
         "# Diagnosis: where the Copilot's gap to the same-size ensemble comes from (held-out cross-entropy)",
         "",
-        f"Generated by `{results['command']}` in {wall / 60:.0f} minutes of compute on {platform.machine()} "
+        "Generated by " + ", then ".join(f"`{c}`" for c in results["commands"]) + " (each unit by the first command "
+        f"that names it) in {wall / 60:.0f} minutes of compute on {platform.machine()} "
         f"({torch.get_num_threads()} threads), torch {torch.__version__}, transformers {transformers.__version__}, "
         f"tcopilot_peft {tcopilot_peft.__version__}. Per-item sums are in `{args.output.with_suffix('.json').name}`.",
         "",
         f"Regime of `RESULTS.md`: the base Pilot, LoRA r=16, {sizes['train']} training examples, {sizes['epochs']:g} "
-        f"epochs, seeds {args.seeds}. Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} "
-        f"test items; λ (w for the ensemble) ∈ {sorted({*LAMBDAS, 1.0})} chosen by the CE of the "
-        f"{sizes['validation']} validation items. Skill = 1 − CE / the Pilot's CE on the same tokens; the ensemble "
-        "and its small model are measured against the Pilot of `default`. Each Copilot arm is measured against its "
-        "own jointly trained Pilot (same seed and data).",
+        f"epochs. Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} test items; λ (w for "
+        f"the ensemble) ∈ {sorted({*LAMBDAS, 1.0})} chosen by the CE of the {sizes['validation']} validation items. "
+        "Skill = 1 − CE / the Pilot's CE on the same tokens. Every arm of a seed corrects the same Pilot: the joint "
+        "arms' Pilots train identically (same seed, data and steps; the Copilot does not touch the Pilot's "
+        "gradients), and the ensemble, its small model and the `fresh` arms read the Pilot of `default`.",
         "",
     ]
-    for task in args.tasks:
-        if all(s in results["units"].get(task, {}) for s in seeds):
-            lines += task_table(task, results["units"][task], seeds)
+    for task, units in results["units"].items():
+        if any("default" in units[s] for s in units):
+            lines += task_table(task, units)
     return lines
 
 
@@ -448,7 +457,9 @@ def main() -> None:
         sys.exit(f"--render-only needs the kept units of a run, {partial}, which does not exist.")
     else:
         results = {"units": {}, "seconds": 0.0}
-    results["command"] = " ".join(["python benchmarks/diagnose_copilot.py", *sys.argv[1:]])
+    command = " ".join(["python benchmarks/diagnose_copilot.py", *sys.argv[1:]])
+    earlier = results.get("commands", []) + ([results.pop("command")] if "command" in results else [])
+    results["commands"] = list(dict.fromkeys(earlier + ([] if args.render_only else [command])))
     args.workdir.mkdir(parents=True, exist_ok=True)
     for seed in [] if args.render_only else args.seeds:
         for task in args.tasks:
