@@ -322,3 +322,37 @@ def test_the_trainers_loss_override_is_recorded_in_the_adapter(tmp_path):
     assert model.peft_config["default"].copilot_loss == "rmse"
     with pytest.raises(ValueError, match="copilot_loss must be one of"):
         copilot_args(tmp_path, copilot_loss="l1")
+
+
+def test_two_phase_recipe_trains_a_copilot_on_a_finished_lora_pilot(tmp_path):
+    """docs/training.md's recipe: the Pilot fine-tuned first (a plain PEFT LoRA adapter), then a Copilot trained on it
+    frozen. The Pilot's LoRA weights come through unchanged; the saved Copilot adapter restores both on the base."""
+    lora_pilot = get_peft_model(pilot(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    SFTTrainer(
+        model=lora_pilot,
+        args=SFTConfig(
+            output_dir=str(tmp_path / "sft"), max_steps=3, per_device_train_batch_size=4, bf16=False, **QUIET
+        ),
+        train_dataset=arithmetic_dataset(),
+        processing_class=TOKENIZER,
+    ).train()
+    lora_pilot.save_pretrained(tmp_path / "pilot-lora")
+    finished = PeftModel.from_pretrained(pilot(), tmp_path / "pilot-lora")
+    lora = {n: p.detach().clone() for n, p in finished.named_parameters() if "lora_" in n}
+    assert any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # phase 1 did train it
+
+    model = get_peft_model(finished, CopilotConfig())
+    copilot = model.base_model.copilot_model[model.active_adapter]
+    copilot_before = {n: p.detach().clone() for n, p in copilot.named_parameters()}
+    train(model, copilot_args(tmp_path, train_pilot="none"))
+    after = {n[n.index("layers.") :]: p for n, p in model.named_parameters() if "lora_" in n}
+    assert sorted(after) == sorted(n[n.index("layers.") :] for n in lora)
+    assert all(torch.equal(p, after[n[n.index("layers.") :]]) for n, p in lora.items())
+    assert any(not torch.equal(p, copilot_before[n]) for n, p in copilot.named_parameters())
+
+    model.save_pretrained(tmp_path / "copilot")
+    ids = torch.tensor([TOKENIZER("12+30=42</s>").input_ids])
+    reloaded = PeftModel.from_pretrained(pilot(), tmp_path / "copilot").eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-6)
