@@ -420,7 +420,8 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         f"tcopilot_peft {tcopilot_peft.__version__}. Per-item sums are in `{args.output.with_suffix('.json').name}`.",
         "",
         f"Regime of `RESULTS.md`: the base Pilot, LoRA r=16, {sizes['train']} training examples, {sizes['epochs']:g} "
-        f"epochs. Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} test items; λ (w for "
+        f"epochs. Training times are wall-clock on a shared 2-core CPU (other work ran beside some units). "
+        "Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} test items; λ (w for "
         f"the ensemble) ∈ {sorted({*LAMBDAS, 1.0})} chosen by the CE of the {sizes['validation']} validation items. "
         "Skill = 1 − CE / the Pilot's CE on the same tokens. Every arm of a seed corrects the same Pilot: the joint "
         "arms' Pilots train identically (same seed, data and steps; the Copilot does not touch the Pilot's "
@@ -434,6 +435,17 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
 
 
 # ---------------------------------------------------------------------- main
+
+
+def rounded(value):
+    """`value` with every float to 6 significant digits (the committed per-item file; the workdir keeps full ones)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
 
 
 def main() -> None:
@@ -472,7 +484,7 @@ def main() -> None:
                 units[arm] = run_unit(task, seed, arm, sizes, args.workdir)
                 results["seconds"] += time.perf_counter() - began
                 partial.write_text(json.dumps(results))
-    args.output.with_suffix(".json").write_text(json.dumps(results))
+    args.output.with_suffix(".json").write_text(json.dumps(rounded(results)))
     lines = render(results, args, sizes, results["seconds"])
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

@@ -290,3 +290,18 @@ def test_a_few_training_steps_with_each_option_give_finite_losses(tmp_path, opti
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     after = list(model.base_model.active_network.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_no_future_token_reaches_the_copilot_through_the_new_paths(option):
+    """The token path reads X̃_t and h_t, and rotary keys sit at their own positions: changing the token at position 7
+    (the target of position 6, and the input at 7) leaves the teacher-forced correction at positions ≤ 6 unchanged."""
+    model = copilot_on(**OPTIONS[option])
+    ids = prompts(batch=1, length=10)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    first = model(input_ids=ids, labels=labels).copilot_logits
+    ids[0, 7] = labels[0, 7] = (ids[0, 7] + 5) % VOCAB
+    second = model(input_ids=ids, labels=labels).copilot_logits
+    torch.testing.assert_close(first[:, :7], second[:, :7], rtol=0, atol=0)
+    assert not torch.allclose(first[:, 7:], second[:, 7:])
