@@ -60,6 +60,7 @@ from tcopilot_peft.demo.tasks import task_splits
 from tcopilot_peft.evaluation.diagnostics import completion_batches
 from tcopilot_peft.fusion import (
     IGNORE_INDEX,
+    OBJECTIVES,
     Objective,
     fused_cross_entropy,
     fused_cross_entropy_from_head,
@@ -90,18 +91,24 @@ def fused_and_own_cross_entropy_from_head(hidden, head_weight, target_ids, predi
     return fused_cross_entropy_from_head(hidden, head_weight, target_ids, prediction) + own
 
 
-register_objective(
-    Objective(
-        name=OWN_CE,
-        help="the fused cross-entropy plus the cross-entropy of the Copilot's own prediction softmax(f)",
-        per_token=fused_and_own_cross_entropy,
-        fusion_mode="logit",
-        inference_feed="pilot_error",
-        fusion_modes=("logit",),
-        diagnostics=("copilot_ce_skill",),
-        per_token_from_head=fused_and_own_cross_entropy_from_head,
+def register_own_ce() -> None:
+    """Register `fused_and_own_ce` for this run (once; at run time, so importing the script changes no registry)."""
+    if OWN_CE in OBJECTIVES:
+        return
+    register_objective(
+        Objective(
+            name=OWN_CE,
+            help="the fused cross-entropy plus the cross-entropy of the Copilot's own prediction softmax(f)",
+            per_token=fused_and_own_cross_entropy,
+            fusion_mode="logit",
+            inference_feed="pilot_error",
+            fusion_modes=("logit",),
+            diagnostics=("copilot_ce_skill",),
+            per_token_from_head=fused_and_own_cross_entropy_from_head,
+        )
     )
-)
+
+
 # The joint arms: label → CopilotConfig fields (the defaults otherwise).
 JOINT_ARMS = {
     "default": {},
@@ -242,8 +249,8 @@ def joint_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     began = time.perf_counter()
     trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, **TRAINING.get(arm, {}))
     seconds = time.perf_counter() - began
-    if arm == "default":  # `fresh` and `ensemble` read this Pilot
-        model.save_pretrained(workdir / "default" / "adapter")
+    # Kept for a later accuracy pass; `default`'s is also the Pilot the `fresh` arms and `ensemble` read.
+    model.save_pretrained(workdir / arm / "adapter")
     copilot = model.base_model.copilot_model[model.active_adapter]
     return {
         **scored(model, tokenizer, splits),
@@ -272,6 +279,7 @@ def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     began = time.perf_counter()
     trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, train_pilot="none")
     seconds = time.perf_counter() - began
+    model.save_pretrained(workdir / arm / "adapter")  # kept for a later accuracy pass
     return {**scored(model, tokenizer, splits), "steps": trainer.state.global_step, "seconds": seconds}
 
 
@@ -459,6 +467,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-diagnosis"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_DIAGNOSIS.md")
     args = parser.parse_args()
+    register_own_ce()
     sizes = dict(train=4000, validation=100, test=300, epochs=3.0)
     if args.quick:
         sizes = dict(train=300, validation=30, test=60, epochs=1.0)

@@ -69,10 +69,15 @@ def write_atomic_files(users, item_ids, folder: Path) -> Path:
 
 def recbole_training(users, item_ids, folder: Path, max_history: int, seed: int, **settings):
     """RecBole's SASRec model and its training data loader for `users`, seeded; `settings` override RecBole's."""
+    anomaly_detection = torch.is_anomaly_enabled()
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
     from recbole.utils import init_seed
+
+    # Importing RecBole's sequential models turns autograd's anomaly detection on for the whole process (its SINE
+    # module calls `set_detect_anomaly(True)` at import): slower, and it makes any later NaN gradient an exception.
+    torch.autograd.set_detect_anomaly(anomaly_detection)
 
     options = {
         "data_path": str(write_atomic_files(users, item_ids, folder)),

@@ -109,3 +109,10 @@ def test_the_own_cross_entropy_objective_adds_the_copilots_own_loss_and_its_head
     )
     from_head = diagnosis.fused_and_own_cross_entropy_from_head(hidden, head, gold, prediction)
     assert from_head.tolist() == pytest.approx(expected.tolist(), rel=1e-4)
+
+
+def test_importing_the_script_registers_no_objective():
+    """The benchmark's own objective is registered when the script runs, so importing it changes no later test."""
+    from tcopilot_peft.fusion import OBJECTIVES
+
+    assert diagnosis.OWN_CE not in OBJECTIVES
