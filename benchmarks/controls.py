@@ -27,6 +27,29 @@ def copilot_layer_indices(num_pilot_layers: int, num_copilot_layers: int) -> lis
     return [round(i * last / (num_copilot_layers - 1)) for i in range(num_copilot_layers)]
 
 
+def fine_tuned_small_model(settings, train, output_dir, copilot_layers: int):
+    """(f)'s small model, trained: the Pilot layers a default Copilot of `copilot_layers` blocks copies, fine-tuned
+    fully and alone on `train` for the Pilot's epochs at the Copilot's learning rate (cosine, 5 % warm-up), seeded as
+    the joint run is. `settings` is the demo pipeline's `DemoSettings`. Returns the model and its tokenizer."""
+    from tcopilot_peft.demo.pipeline import plain_sft
+
+    torch.manual_seed(settings.seed)
+    num_pilot_layers = AutoModelForCausalLM.from_pretrained(settings.model).config.num_hidden_layers
+    small = small_model(settings.model, copilot_layer_indices(num_pilot_layers, copilot_layers))
+    small, tokenizer, _ = plain_sft(
+        settings,
+        train,
+        output_dir,
+        max_steps=-1,
+        model=small,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.copilot_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+    )
+    return small, tokenizer
+
+
 def _renumber_layers(model) -> None:
     for index, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = index

@@ -24,8 +24,8 @@ and seeds). Arms, each on the same data, steps and seed:
                    standalone model, as (f)'s small model is, and logit fusion log p̂ + λ·f can form the ensemble;
   pretrained       `init="pretrained"` from a separately pre-trained smaller decoder (`benchmarks/pilots/small`, the
                    paper's own setting; fewer parameters than the default, reported);
-  (f)              the small model of the Copilot's size fine-tuned alone (`controls.small_model`), alone and in the
-                   logit ensemble with the Pilot of `default`.
+  (f)              the small model of the Copilot's size fine-tuned alone (`controls.fine_tuned_small_model`),
+                   alone and in the logit ensemble with the Pilot of `default`.
 
 Each (task, seed, arm) unit is kept in the workdir as soon as it finishes; `--resume` skips finished units.
 
@@ -48,14 +48,14 @@ from pathlib import Path
 import torch
 import transformers
 from common import LAMBDAS, mean_std, stamped_log
-from controls import copilot_layer_indices, small_model
+from controls import fine_tuned_small_model
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import tcopilot_peft
 from tcopilot_peft.demo import PILOT_DIR
-from tcopilot_peft.demo.pipeline import DemoSettings, fine_tune, load_pilot_with_lora, plain_sft
+from tcopilot_peft.demo.pipeline import DemoSettings, fine_tune, load_pilot_with_lora
 from tcopilot_peft.demo.tasks import task_splits
 from tcopilot_peft.evaluation.diagnostics import completion_batches
 from tcopilot_peft.fusion import (
@@ -287,21 +287,8 @@ def ensemble_unit(settings: DemoSettings, splits: dict, train, workdir: Path) ->
     """(f): a small model of the Copilot's depth fine-tuned alone (as `run_results.ensemble_arm`), alone and in the
     logit ensemble with `default`'s Pilot."""
     copilot_layers = json.loads((workdir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
-    torch.manual_seed(settings.seed)
-    pilot_layers = AutoModelForCausalLM.from_pretrained(PILOT_DIR).config.num_hidden_layers
-    small = small_model(str(PILOT_DIR), copilot_layer_indices(pilot_layers, copilot_layers))
     began = time.perf_counter()
-    small, tokenizer, _ = plain_sft(
-        settings,
-        train,
-        workdir / "f",
-        max_steps=-1,
-        model=small,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.copilot_learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-    )
+    small, tokenizer = fine_tuned_small_model(settings, train, workdir / "f", copilot_layers)
     seconds = time.perf_counter() - began
     base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
     pilot = PeftModel.from_pretrained(base, workdir / "default" / "adapter").eval()

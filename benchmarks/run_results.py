@@ -38,7 +38,7 @@ import torch
 import transformers
 import trl
 from common import LAMBDAS, grid_weight, mean_std, stamped_log
-from controls import copilot_layer_indices, ensemble_generate, expanded_pilot, small_model
+from controls import ensemble_generate, expanded_pilot, fine_tuned_small_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -183,21 +183,8 @@ def param_matched_arm(settings, splits, workdir: Path, copilot_layers: int) -> d
 def ensemble_arm(settings, splits, workdir: Path, copilot_layers: int, pilot_model, tokenizer) -> dict:
     """(f): log p_P + w · log p_S with a small model of the Copilot's size fine-tuned alone, w chosen on validation."""
     validation, test, budget = splits["validation"].to_list(), splits["test"].to_list(), splits["budget"]
-    torch.manual_seed(settings.seed)
-    num_pilot_layers = AutoModelForCausalLM.from_pretrained(settings.model).config.num_hidden_layers
-    small = small_model(settings.model, copilot_layer_indices(num_pilot_layers, copilot_layers))
+    small, _ = fine_tuned_small_model(settings, splits["train"], workdir / "f", copilot_layers)
     small_parameters = sum(p.numel() for p in small.parameters())
-    small, _, _ = plain_sft(
-        settings,
-        splits["train"],
-        workdir / "f",
-        max_steps=-1,
-        model=small,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.copilot_learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-    )
     prompts = [r["prompt"] for r in validation]
     with pilot_model.disable_adapter():  # the Pilot (a): its LoRA on, the Copilot off
         grid = {
