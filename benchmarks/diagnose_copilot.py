@@ -47,17 +47,24 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import LAMBDAS, mean_std, stamped_log
-from controls import fine_tuned_small_model
+from common import LAMBDAS, grid_weight, mean_std, stamped_log
+from controls import ensemble_generate, fine_tuned_small_model
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tcopilot_peft
 from tcopilot_peft.demo import PILOT_DIR
-from tcopilot_peft.demo.pipeline import DemoSettings, fine_tune, load_pilot_with_lora
-from tcopilot_peft.demo.tasks import task_splits
+from tcopilot_peft.demo.pipeline import (
+    DemoSettings,
+    fine_tune,
+    generation_budget,
+    load_pilot_with_lora,
+    score_arm,
+)
+from tcopilot_peft.demo.tasks import correct, task_splits
 from tcopilot_peft.evaluation.diagnostics import completion_batches
+from tcopilot_peft.evaluation.statistics import choose_on_validation, paired_gain
 from tcopilot_peft.fusion import (
     IGNORE_INDEX,
     OBJECTIVES,
@@ -312,6 +319,79 @@ def run_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) -> dict
     return joint_unit(settings, scoring, splits["train"], unit_dir, arm)
 
 
+# ---------------------------------------------------------------------- accuracy (`--accuracy`)
+
+
+def accuracy_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) -> dict:
+    """Greedy answer accuracy on the test items of a kept arm, λ (w for the ensemble) chosen by validation accuracy,
+    beside the same Pilot alone (as `run_results.py` scores it)."""
+    splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
+    settings = settings_for(task, seed, sizes["epochs"])
+    tokenizer = AutoTokenizer.from_pretrained(PILOT_DIR)
+    budget = generation_budget(tokenizer, splits["train"])
+    rows = {"validation": splits["validation"].to_list(), "test": splits["test"].to_list()}
+    unit_dir = workdir / f"{task}-{seed}"
+    if arm == "ensemble":
+        return ensemble_accuracy(settings, splits["train"], rows, unit_dir, tokenizer, budget)
+    if not (unit_dir / arm / "adapter").exists():  # a unit run before adapters were kept: the same seed retrains it
+        run_unit(task, seed, arm, sizes, workdir)
+    base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, unit_dir / arm / "adapter").eval()
+    config = model.peft_config[model.active_adapter]
+    grid = {}
+    for value in LAMBDAS:
+        config.fusion_lambda = value
+        grid[str(value)] = statistics.mean(score_arm(model, tokenizer, rows["validation"], budget, "fused"))
+    best = choose_on_validation(grid, grid_weight)
+    config.fusion_lambda = float(best)
+    return {
+        "pilot": score_arm(model, tokenizer, rows["test"], budget, "pilot"),
+        "fused": score_arm(model, tokenizer, rows["test"], budget, "fused"),
+        "chosen": best,
+        "grid": grid,
+    }
+
+
+def ensemble_accuracy(settings, train, rows: dict, unit_dir: Path, tokenizer, budget: int) -> dict:
+    """(f)'s logit ensemble with `default`'s Pilot, w chosen by validation accuracy."""
+    copilot_layers = json.loads((unit_dir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
+    small, _ = fine_tuned_small_model(settings, train, unit_dir / "f", copilot_layers)
+    base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
+    pilot = PeftModel.from_pretrained(base, unit_dir / "default" / "adapter").eval()
+    prompts = {name: [r["prompt"] for r in split] for name, split in rows.items()}
+
+    def accuracy(weight: float, split: str) -> list[bool]:
+        return correct(ensemble_generate(pilot, small, weight, tokenizer, prompts[split], budget), rows[split])
+
+    with pilot.disable_adapter():  # the Pilot: its LoRA on, the Copilot off
+        grid = {str(w): statistics.mean(accuracy(w, "validation")) for w in LAMBDAS}
+        best = choose_on_validation(grid, grid_weight)
+        fused = accuracy(float(best), "test")
+    return {"pilot": score_arm(pilot, tokenizer, rows["test"], budget, "pilot"), "fused": fused, "chosen": best}
+
+
+def accuracy_table(units: dict) -> list[str]:
+    lines = [
+        "Greedy answer accuracy on the test items (`--accuracy`), λ and w chosen by validation accuracy:",
+        "",
+        "| arm | seeds | Pilot alone (%) | arm (%) | paired gain (points) | per seed | λ / w chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        seeds = [s for s in units if arm in units[s]]
+        if not seeds:
+            continue
+        gains = [paired_gain(units[s][arm]["pilot"], units[s][arm]["fused"])["gain_points"] for s in seeds]
+        label = "(f) logit ensemble with the small model" if arm == "ensemble" else LABELS[arm]
+        pilot = mean_std([100 * statistics.mean(units[s][arm]["pilot"]) for s in seeds])
+        lines.append(
+            f"| {label} | {', '.join(seeds)} | {pilot}"
+            f" | {mean_std([100 * statistics.mean(units[s][arm]['fused']) for s in seeds])} | {mean_std(gains)} | "
+            f"{', '.join(f'{g:+.1f}' for g in gains)} | {', '.join(units[s][arm]['chosen'] for s in seeds)} |"
+        )
+    return [*lines, ""]
+
+
 # ---------------------------------------------------------------------- tables
 
 
@@ -426,6 +506,8 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
     for task, units in results["units"].items():
         if any("default" in units[s] for s in units):
             lines += task_table(task, units)
+        if results.get("accuracy", {}).get(task):
+            lines += accuracy_table(results["accuracy"][task])
     return lines
 
 
@@ -449,6 +531,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["count_then_max", "sort_then_reverse"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--accuracy", action="store_true", help="Score greedy accuracy of the named arms' kept units.")
     parser.add_argument("--resume", action="store_true", help="Keep the finished units of an interrupted run.")
     parser.add_argument("--render-only", action="store_true", help="Rewrite the output from the kept units only.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-diagnosis"))
@@ -472,12 +555,13 @@ def main() -> None:
     for seed in [] if args.render_only else args.seeds:
         for task in args.tasks:
             for arm in args.arms:
-                units = results["units"].setdefault(task, {}).setdefault(str(seed), {})
+                kind, run = ("accuracy", accuracy_unit) if args.accuracy else ("units", run_unit)
+                units = results.setdefault(kind, {}).setdefault(task, {}).setdefault(str(seed), {})
                 if arm in units:
                     continue
-                log(f"{task} seed {seed}: {arm}")
+                log(f"{task} seed {seed}: {arm}{' (accuracy)' if args.accuracy else ''}")
                 began = time.perf_counter()
-                units[arm] = run_unit(task, seed, arm, sizes, args.workdir)
+                units[arm] = run(task, seed, arm, sizes, args.workdir)
                 results["seconds"] += time.perf_counter() - began
                 partial.write_text(json.dumps(results))
     args.output.with_suffix(".json").write_text(json.dumps(rounded(results)))
