@@ -116,3 +116,12 @@ def test_importing_the_script_registers_no_objective():
     from tcopilot_peft.fusion import OBJECTIVES
 
     assert diagnosis.OWN_CE not in OBJECTIVES
+
+
+def test_the_accuracy_table_pairs_each_arm_with_its_own_pilot():
+    units = {
+        "0": {"default": {"pilot": [True, False, False, False], "fused": [True, True, False, False], "chosen": "1.0"}},
+        "1": {"default": {"pilot": [True, True, False, False], "fused": [True, False, False, False], "chosen": "0.3"}},
+    }
+    row = next(line for line in diagnosis.accuracy_table(units) if line.startswith("| default"))
+    assert "| 0, 1 | 37.5 ± 17.7 | 37.5 ± 17.7 | 0.0 ± 35.4 | +25.0, -25.0 | 1.0, 0.3 |" in row
