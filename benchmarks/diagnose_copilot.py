@@ -11,7 +11,8 @@ and seeds). Arms, each on the same data, steps and seed:
   default          `CopilotConfig()` trained jointly (Algorithm 1; the Mistake Log's replay of up to 128 rounds);
   fresh            the same Copilot, from the same initial weights, trained for the same steps on the *frozen final*
                    Pilot of `default` (`train_pilot="none"`): its Mistake Log holds no stale states
-                   (`fresh_token_hidden`, `fresh_rotary_token`: those arms' Copilots, trained so);
+                   (`fresh_token_hidden`, `fresh_rotary_token`, `fresh_rotary_token_hidden`: those arms'
+                   Copilots, trained so);
   current          `default` trained jointly on the round just logged only (`mistake_log_sampling="current"`: the
                    Pilot's exact p̂ of this step, no replay of older states);
   rotary           + positions (`copilot_positions="rotary"`, the Pilot's rope);
@@ -116,20 +117,27 @@ def register_own_ce() -> None:
     )
 
 
-# The joint arms: label → CopilotConfig fields (the defaults otherwise).
+# The landed layout the arms start from, named so that the package's defaults moving does not move the arms.
+LANDED = {"copilot_positions": "none", "copilot_same_position": "none"}
+# The joint arms: label → CopilotConfig fields (`LANDED` otherwise).
 JOINT_ARMS = {
-    "default": {},
-    "rotary": {"copilot_positions": "rotary"},
-    "token": {"copilot_same_position": "token"},
-    "token_hidden": {"copilot_same_position": "token_hidden"},
+    "default": LANDED,
+    "rotary": {**LANDED, "copilot_positions": "rotary"},
+    "token": {**LANDED, "copilot_same_position": "token"},
+    "token_hidden": {**LANDED, "copilot_same_position": "token_hidden"},
     "rotary_token": {"copilot_positions": "rotary", "copilot_same_position": "token"},
     "rotary_token_hidden": {"copilot_positions": "rotary", "copilot_same_position": "token_hidden"},
-    "token_own": {"copilot_same_position": "token", "copilot_loss": OWN_CE},
-    "current": {},
-    "pretrained": {"init": "pretrained", "pretrained_model_name_or_path": str(SMALL_PILOT)},
+    "token_own": {**LANDED, "copilot_same_position": "token", "copilot_loss": OWN_CE},
+    "current": LANDED,
+    "pretrained": {**LANDED, "init": "pretrained", "pretrained_model_name_or_path": str(SMALL_PILOT)},
 }
 # Copilots trained on `default`'s final Pilot, frozen: label → the joint arm whose Copilot they train.
-FRESH_ARMS = {"fresh": "default", "fresh_token_hidden": "token_hidden", "fresh_rotary_token": "rotary_token"}
+FRESH_ARMS = {
+    "fresh": "default",
+    "fresh_token_hidden": "token_hidden",
+    "fresh_rotary_token": "rotary_token",
+    "fresh_rotary_token_hidden": "rotary_token_hidden",
+}
 # Joint arms that differ in how the Copilot trains, not in what it is: `CopilotSFTConfig` overrides.
 TRAINING = {"current": {"mistake_log_sampling": "current"}}
 # The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
@@ -139,6 +147,7 @@ ARMS = (
         "fresh",
         "fresh_token_hidden",
         "fresh_rotary_token",
+        "fresh_rotary_token_hidden",
         "current",
         "rotary_token",
         "rotary_token_hidden",
@@ -151,6 +160,7 @@ LABELS = {
     "fresh": "default trained on the frozen final Pilot's fresh states",
     "fresh_token_hidden": "+ X̃_t and h_t, trained on the frozen final Pilot",
     "fresh_rotary_token": "+ rotary positions + X̃_t, trained on the frozen final Pilot",
+    "fresh_rotary_token_hidden": "+ rotary positions + X̃_t and h_t, trained on the frozen final Pilot",
     "rotary": "+ rotary positions",
     "token": "+ token X̃_t at its own position",
     "token_hidden": "+ X̃_t and pooled h_t at its own position",
@@ -254,7 +264,8 @@ def joint_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     """One joint arm: Algorithm 1 with `CopilotConfig(**JOINT_ARMS[arm])`, scored teacher-forced."""
     model, tokenizer = new_copilot_model(settings, JOINT_ARMS[arm])
     began = time.perf_counter()
-    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, **TRAINING.get(arm, {}))
+    options = {"copilot_schedule": "joint", **TRAINING.get(arm, {})}
+    trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, **options)
     seconds = time.perf_counter() - began
     # Kept for a later accuracy pass; `default`'s is also the Pilot the `fresh` arms and `ensemble` read.
     model.save_pretrained(workdir / arm / "adapter")

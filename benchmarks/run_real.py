@@ -68,6 +68,7 @@ class RealSettings:
     learning_rate: float = 2e-4
     lora_r: int = 16
     copilot_layers: int | None = None
+    copilot_schedule: str = "after_pilot"
     max_length: int = 320
     max_new_tokens: int = 128
     eval_batch_size: int = 8
@@ -199,10 +200,12 @@ def lowest(grid: dict[str, float]) -> str:
 
 
 class PilotCurve(TrainerCallback):
-    """The Pilot's validation cross-entropy (its Copilot off) at evenly spaced steps, so the reader sees it learn."""
+    """The Pilot's validation cross-entropy (its Copilot off) at evenly spaced steps of the Pilot's training (the
+    trainer's `pilot_steps`: a Copilot phase after them leaves the Pilot fixed), so the reader sees it learn."""
 
-    def __init__(self, model, tokenizer, rows: list[dict], points: int):
-        self.model, self.tokenizer, self.rows, self.points = model, tokenizer, rows, points
+    def __init__(self, trainer, tokenizer, rows: list[dict], points: int):
+        self.trainer, self.model, self.tokenizer = trainer, trainer.model, tokenizer
+        self.rows, self.points = rows, points
         self.curve: list[tuple[int, float]] = []
 
     def measure(self, step: int) -> None:
@@ -213,12 +216,13 @@ class PilotCurve(TrainerCallback):
         self.model.train(was_training)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.every = max(1, state.max_steps // max(1, self.points - 1))
+        self.every = max(1, self.trainer.pilot_steps // max(1, self.points - 1))
         self.measure(0)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.measure(state.global_step)
+        step = state.global_step
+        if step <= self.trainer.pilot_steps and (step % self.every == 0 or step == self.trainer.pilot_steps):
+            self.measure(step)
 
 
 # ---------------------------------------------------------------------- the units
@@ -269,15 +273,18 @@ def unit_joint(ctx, seed: int, objective: str) -> dict:
         copilot_loss=objective, **({"num_layers": settings.copilot_layers} if settings.copilot_layers else {})
     )
     model = get_peft_model(lora_pilot(ctx.pilot, settings, seed), copilot)
-    curve = PilotCurve(model, ctx.tokenizer, ctx.splits["validation"][:64], settings.curve_points)
     started = time.perf_counter()
     trainer = CopilotSFTTrainer(
         model=model,
-        args=CopilotSFTConfig(**training_options(settings, seed, ctx.workdir / f"seed{seed}-{objective}")),
+        args=CopilotSFTConfig(
+            **training_options(settings, seed, ctx.workdir / f"seed{seed}-{objective}"),
+            copilot_schedule=settings.copilot_schedule,
+        ),
         train_dataset=Dataset.from_list(ctx.splits["train"]),
         processing_class=ctx.tokenizer,
-        callbacks=[curve],
     )
+    curve = PilotCurve(trainer, ctx.tokenizer, ctx.splits["validation"][:64], settings.curve_points)
+    trainer.add_callback(curve)
     trainer.train()
     seconds = time.perf_counter() - started
     model.eval()

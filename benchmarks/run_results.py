@@ -5,11 +5,13 @@ fine-tuned with LoRA for 3 epochs (the paper's) on a finite set of thousands of 
 seed, on the same data, steps and seed:
 
   (a) the Pilot alone (the same fine-tuned model with the Copilot off);
-  (b) Pilot + Copilot trained jointly with the package's defaults (`CopilotConfig()`: the fused cross-entropy
-      objective, logit fusion, the onehot(ŷ) − p̂ feed); λ chosen on the validation split;
+  (b) Pilot + Copilot with the package's defaults (`CopilotConfig()`: the fused cross-entropy objective, logit
+      fusion, the onehot(ŷ) − p̂ feed, rotary positions and X̃_t, h_t at the Copilot's own position; trained after
+      the Pilot, on the finished Pilot, frozen, for as many steps: `copilot_schedule="after_pilot"`); λ chosen on
+      the validation split;
   (b′) the same Copilot read with Algorithm 2's feed (its own previous output) at inference;
-  (p) the paper's objective (`CopilotConfig(copilot_loss="rmse")`: regression onto ℓ, probability fusion,
-      Algorithm 2's feed), trained jointly the same way; λ and fusion mode chosen on validation;
+  (p) the paper's method (`PAPER`: regression onto ℓ, probability fusion, Algorithm 2's feed, the position-free
+      layout with no same-position path, trained jointly as Algorithm 1); λ and fusion mode chosen on validation;
   (h) the default Copilot with `copilot_holdout_fraction=0.1` (its Pilot never trains on the withheld tenth);
   (e) a parameter-matched larger Pilot (as many extra layers as the Copilot has, trained fully beside the LoRA);
   (f) a logit ensemble of the Pilot (a) with a separately fine-tuned small model of the Copilot's size;
@@ -67,6 +69,8 @@ OPTIONAL_ARMS = ("paper", "holdout", "param_matched", "ensemble", "transfer")
 HOLDOUT_FRACTION = 0.1
 # The paper's objective is tried in both fusion spaces, its own (Eq. 8) first, so a tie goes to the paper's.
 PAPER_OBJECTIVE_MODES = ("prob", "logit")
+# (p), the paper's Copilot: its objective and layout (trained jointly: `copilot_schedule="joint"`).
+PAPER = {"copilot_loss": "rmse", "copilot_positions": "none", "copilot_same_position": "none"}
 
 
 log = stamped_log("results")
@@ -115,8 +119,8 @@ def joint_arm(settings, splits, workdir: Path, copilot: dict, feeds: tuple[str, 
         "rmse_skill_test": copilot_rmse_skill(model, tokenizer, test[:200]),
         "pilot_calibration": pilot_calibration(model, tokenizer, test[:200]),
         "steps": trainer.state.global_step,
+        "pilot_steps": trainer.pilot_steps,
         "seconds": sum(timer.times),
-        "step_seconds": statistics.median(timer.times[2:]),
         "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
         "adapter": str(workdir / "copilot"),
         "feeds": {},
@@ -132,6 +136,11 @@ def joint_arm(settings, splits, workdir: Path, copilot: dict, feeds: tuple[str, 
         }
     run["costs"] = _costs(model)
     return run
+
+
+def training_time_ratio(run: dict) -> float:
+    """The default arm's whole training time over plain SFT's for the same Pilot steps (its median step × steps)."""
+    return run["default"]["seconds"] / (run["plain_step_seconds"] * run["default"]["pilot_steps"])
 
 
 def _costs(model) -> dict:
@@ -234,12 +243,14 @@ def run_block(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir
     for seed in seeds:
         settings = DemoSettings(model=str(pilot_dir), task=task, seed=seed, epochs=sizes["epochs"])
         seed_dir = workdir / f"{task}-{seed}"
-        log(f"{task} seed {seed}: (a)/(b)/(b′) joint training with the default Copilot")
+        log(f"{task} seed {seed}: (a)/(b)/(b′) the Pilot, then the default Copilot on it")
         run = {"default": joint_arm(settings, splits, seed_dir / "b", {}, feeds=("pilot_error", "copilot"))}
         run["plain_step_seconds"] = plain_step_seconds(settings, splits, seed_dir)
         if "paper" in arms:
-            log(f"{task} seed {seed}: (p) the paper's objective")
-            run["paper"] = joint_arm(settings, splits, seed_dir / "p", {"copilot_loss": "rmse"}, feeds=("copilot",))
+            log(f"{task} seed {seed}: (p) the paper's method")
+            run["paper"] = joint_arm(
+                settings, splits, seed_dir / "p", PAPER, feeds=("copilot",), copilot_schedule="joint"
+            )
         if "holdout" in arms:
             log(f"{task} seed {seed}: (h) default Copilot, copilot_holdout_fraction={HOLDOUT_FRACTION}")
             run["holdout"] = joint_arm(
@@ -287,7 +298,7 @@ def accuracy_points(items: list[bool]) -> float:
 ROWS = (
     ("(a) Pilot alone", lambda r: (r["default"]["pilot"], r["default"]["pilot"])),
     (
-        "(b) Pilot + Copilot, defaults (fused cross-entropy, logit fusion, onehot(ŷ) − p̂ feed)",
+        "(b) Pilot + Copilot, defaults (fused CE, logit fusion, rotary, X̃_t and h_t; after the Pilot)",
         lambda r: (r["default"]["pilot"], r["default"]["feeds"]["pilot_error"]["fused"]),
     ),
     (
@@ -295,7 +306,7 @@ ROWS = (
         lambda r: (r["default"]["pilot"], r["default"]["feeds"]["copilot"]["fused"]),
     ),
     (
-        "(p) the paper's objective (RMSE onto ℓ, prob fusion, Algorithm 2's feed)",
+        "(p) the paper's method (RMSE onto ℓ, prob fusion, Algorithm 2's feed, position-free, joint)",
         lambda r: (r["paper"]["pilot"], r["paper"]["feeds"]["copilot"]["fused"]) if "paper" in r else None,
     ),
     (
@@ -387,7 +398,8 @@ def skill_lines(runs: dict, seeds: list[str]) -> list[str]:
     lines.append(
         f"The Pilot: teacher-forced token accuracy {mean_std([100 * c['token_accuracy'] for c in calibration])} %, "
         f"expected calibration error {mean_std([100 * c['expected_calibration_error'] for c in calibration])} points "
-        f"(held-out). Joint training: {runs[seeds[0]]['default']['steps']} steps; generation budget "
+        f"(held-out). Training: the Pilot's {runs[seeds[0]]['default']['pilot_steps']} steps, then the Copilot's "
+        f"{runs[seeds[0]]['default']['steps'] - runs[seeds[0]]['default']['pilot_steps']}; generation budget "
         f"{runs['budget']} new tokens."
     )
     first = runs[seeds[0]]
@@ -427,8 +439,8 @@ def cost_lines(results: dict, blocks: list[str]) -> list[str]:
         ),
     )
     row(
-        "training step time, CopilotSFTTrainer / SFTTrainer",
-        lambda r: f"{mean_std([x['default']['step_seconds'] / x['plain_step_seconds'] for x in r])}×",
+        "training time for the Pilot's steps, CopilotSFTTrainer (both phases) / SFTTrainer",
+        lambda r: f"{mean_std([training_time_ratio(x) for x in r])}×",
     )
     row(
         "generation tokens/s, fused / Pilot (batch 64, greedy)",

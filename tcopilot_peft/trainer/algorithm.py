@@ -2,13 +2,15 @@
 `CopilotSFTTrainer` (TRL's `SFTTrainer`, causal-LM Pilots) and `CopilotSeq2SeqTrainer` (`Seq2SeqTrainer`, T5-family
 Pilots).
 
-Each micro-batch:
+`CopilotSFTConfig.copilot_schedule` says when the Copilot learns: after the Pilot (the default: the Pilot trains for
+its steps first, then the Copilot for as many steps on the finished Pilot, frozen) or jointly (the paper's Algorithm 1,
+both at every step). Each micro-batch:
 
-1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and backward — the Pilot's
-   optimiser steps as in any run of the base trainer;
-2. a Mistake Log append of that forward (taken before the Pilot's update), or, with `copilot_holdout_fraction`, of
-   the Pilot's forward on a batch of withheld data it never trains on;
-3. a Copilot update on rows drawn from the log, by a `CopilotUpdater` (its own AdamW and schedule, outside the
+1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and, while the Pilot trains,
+   its backward — the Pilot's optimiser steps as in any run of the base trainer;
+2. while the Copilot learns, a Mistake Log append of that forward (taken before any Pilot update), or, with
+   `copilot_holdout_fraction`, of the Pilot's forward on a batch of withheld data it never trains on;
+3. and a Copilot update on rows drawn from the log, by a `CopilotUpdater` (its own AdamW and schedule, outside the
    Pilot's optimiser and DDP's gradient hooks). No gradient of the Copilot's loss reaches the Pilot: its inputs are
    detached and the Pilot's embedding and LM head enter it as constants.
 
@@ -19,6 +21,8 @@ the end of its `__init__`.
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -31,6 +35,7 @@ from peft.tuners.lora import LoraLayer
 from ..fusion import IGNORE_INDEX, PilotPrediction
 from ..mistake_log import MistakeLog
 from ..tuner import CopilotConfig, CopilotModel
+from .arguments import COPILOT_SCHEDULES
 from .checkpoint import CopilotCheckpointMixin
 from .model_card import COPILOT_TAGS
 from .parallel import check_distributed_mode, replicate_under_fsdp
@@ -64,6 +69,10 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         self.copilot_holdout = self._withhold_from_pilot(self.args.copilot_holdout_fraction)
         self._holdout_draws = 0
         self.copilot_updater: CopilotUpdater | None = None
+        # The Pilot trains in the run's first `pilot_steps` steps; the Copilot learns from step `copilot_start` on
+        # (`copilot_schedule`). Both are set when the run's length is known (`set_initial_training_values`).
+        self.pilot_steps: int | None = None
+        self.copilot_start = 0
         self._captured: tuple[dict, Any] | None = None
         self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
         # TRL's trainers keep per-mode metrics (`_metrics`) and log them; a plain `Trainer` does not, so they are kept
@@ -91,7 +100,30 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         super().create_optimizer_and_scheduler(num_training_steps)
-        self._create_copilot_updater(num_training_steps)
+        self._create_copilot_updater(num_training_steps - self.copilot_start)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # The Pilot's schedule spans the Pilot's own steps; after them (a Copilot phase) its learning rate stays 0.
+        created = self.lr_scheduler is None
+        pilot_steps = self.pilot_steps or num_training_steps
+        scheduler = super().create_scheduler(pilot_steps, optimizer)
+        if created and pilot_steps < num_training_steps and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.lr_lambdas = [_zero_from(pilot_steps, factor) for factor in scheduler.lr_lambdas]
+        return scheduler
+
+    def set_initial_training_values(self, args, dataloader):
+        """The base trainer's run length for the Pilot's steps, extended by the schedule's Copilot phase."""
+        epochs, per_epoch, examples, samples, batch, in_epoch, pilot_steps = super().set_initial_training_values(
+            args, dataloader
+        )
+        self.pilot_steps = pilot_steps
+        # With a frozen Pilot there is nothing to wait for: the Copilot learns from the first step.
+        start = COPILOT_SCHEDULES[args.copilot_schedule](pilot_steps)
+        self.copilot_start = 0 if self.pilot_training == "none" else start
+        steps = self.copilot_start + pilot_steps
+        if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
+            epochs = max(epochs, math.ceil(steps / per_epoch))
+        return epochs, per_epoch, examples, samples * steps // pilot_steps, batch, in_epoch, steps
 
     def _create_copilot_updater(self, num_training_steps: int) -> None:
         self.copilot_updater = CopilotUpdater(
@@ -132,18 +164,14 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.copilot_updater is None:
-            self._create_copilot_updater(self.state.max_steps)
-        if self.pilot_training == "none":
-            # A Copilot-only phase: the Pilot is a fixed, frozen teacher of mistakes.
-            model.train()
-            inputs = self._prepare_inputs(inputs)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            loss = loss.detach() / self.current_gradient_accumulation_steps
-        else:
+            self._create_copilot_updater(self.state.max_steps - self.copilot_start)
+        step = self.state.global_step
+        if self.pilot_training != "none" and step < self.pilot_steps:
             loss = super().training_step(model, inputs, num_items_in_batch)
+        else:
+            loss = self._frozen_pilot_step(model, inputs, num_items_in_batch)
         captured, self._captured = self._captured, None
-        if captured is not None:
+        if captured is not None and step >= self.copilot_start:
             # The Copilot's step draws random numbers (dropout in a withheld batch's or a replayed encoder's forward,
             # in the Copilot itself); on a forked generator, so the Pilot's own draws, and its training, are exactly
             # those of a run without a Copilot.
@@ -151,6 +179,14 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             with torch.random.fork_rng(devices=devices):
                 self._copilot_micro_step(*captured)
         return loss
+
+    def _frozen_pilot_step(self, model, inputs, num_items_in_batch) -> torch.Tensor:
+        """The Pilot's forward only: it is a fixed teacher of mistakes (a Copilot-only run or phase)."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        return loss.detach() / self.current_gradient_accumulation_steps
 
     def _copilot_micro_step(self, inputs: dict, outputs) -> None:
         """Algorithm 1 lines 9 and 13–19 for one micro-batch: log the Pilot's mistakes, learn from the log."""
@@ -293,6 +329,12 @@ def _override_objective(config: CopilotConfig, loss: str) -> None:
             stacklevel=3,
         )
     config.copilot_loss = loss
+
+
+def _zero_from(step: int, factor):
+    """A learning-rate factor that is `factor`'s before `step` and 0 from it on (a closure: not saved with the
+    scheduler's state, rebuilt by `create_scheduler` on resume)."""
+    return lambda current: factor(current) if current < step else 0.0
 
 
 def has_copilot(model) -> bool:

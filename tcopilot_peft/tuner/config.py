@@ -26,6 +26,8 @@ COPILOT_INITS = ("pilot_layers", "pretrained", "random")
 COPILOT_POSITIONS = ("none", "rotary")
 # `copilot_same_position`: what the Copilot's input at t holds besides the feed (the error or its own output).
 SAME_POSITION_PATHS = ("none", "token", "token_hidden")
+# The Copilot's layout fields, left unset for the Pilot family's default (`families.PilotFamily.copilot_defaults`).
+LAYOUT_FIELDS = {"copilot_positions": COPILOT_POSITIONS, "copilot_same_position": SAME_POSITION_PATHS}
 # The fields whose unset value means "the objective's own" (`Objective.fusion_mode`, `Objective.inference_feed`).
 OBJECTIVE_FIELDS = ("fusion_mode", "inference_feed")
 # `copilot_loss`'s help, one clause per registered objective (`fusion.OBJECTIVES`).
@@ -71,20 +73,23 @@ class CopilotConfig(PeftConfig):
             What the Copilot reads on generated positions: `"copilot"` its own previous correction (Algorithm 2), or
             `"pilot_error"` onehot(ŷ) − p̂ of the token actually generated (what it reads in training). Defaults to
             `"pilot_error"` for `"fused_ce"` and `"copilot"` for the paper's objective.
-        copilot_positions (`str`, defaults to `"none"`):
+        copilot_positions (`str`, *optional*):
             `"none"`: the paper's layout, no positional information inside the Copilot (position comes through the
             Pilot's states only). `"rotary"`: rotary positions with the rope configuration of the decoder whose layers
             the blocks copy (the Pilot's, or the pretrained source's: type, θ, scaling), built by that family's
             transformers rotary embedding, on the queries and keys of self- and cross-attention (X̃ and the pooled
             states keyed at their own positions). Positions count real tokens (from the attention mask), so left
             padding changes nothing. Decoder-only Pilots only: a T5 Copilot always has T5's relative position bias.
-            An adapter saved before this field existed is position-free and loads so.
-        copilot_same_position (`str`, defaults to `"none"`):
+            Unset, the Pilot family's default (`families.py`: `"rotary"` for Llama, Qwen2 and Mistral, `"none"` for
+            T5), recorded in the config when the adapter is created. An adapter saved before this field existed is
+            position-free and loads so.
+        copilot_same_position (`str`, *optional*):
             What the Copilot's input at position t holds besides the feed (the Pilot's error, or its own output):
             `"none"` nothing; `"token"` X̃_t, the Pilot's input embedding at t, added to it; `"token_hidden"` X̃_t as
             `"token"` and the pooled Pilot state h_t through a zero-initialised projection (EAGLE's
             fc(cat(token, feature)), written as a sum), so a new Copilot starts as a `"token"` one. Decoder-only
-            Pilots only.
+            Pilots only. Unset, the Pilot family's default (`"token_hidden"` for Llama, Qwen2 and Mistral, `"none"`
+            for T5), recorded in the config when the adapter is created.
         dropout (`float`, defaults to 0.0):
             Dropout on the Copilot's attention and MLP outputs while training.
         prob_floor (`float`, defaults to 1e-10):
@@ -130,13 +135,19 @@ class CopilotConfig(PeftConfig):
         default=None,
         metadata={"help": "Copilot input on generated positions: its own output ('copilot') or onehot(ŷ) − p̂."},
     )
-    copilot_positions: Literal["none", "rotary"] = field(
-        default="none",
-        metadata={"help": "Positions inside the Copilot: 'none' (the paper's) or 'rotary' (its source's rope)."},
+    copilot_positions: Literal["none", "rotary"] | None = field(
+        default=None,
+        metadata={
+            "help": "Positions inside the Copilot: 'none' (the paper's) or 'rotary' (its source's rope); unset, the "
+            "Pilot family's default."
+        },
     )
-    copilot_same_position: Literal["none", "token", "token_hidden"] = field(
-        default="none",
-        metadata={"help": "Added to the Copilot's input at t: nothing, X̃_t ('token'), or X̃_t and h_t."},
+    copilot_same_position: Literal["none", "token", "token_hidden"] | None = field(
+        default=None,
+        metadata={
+            "help": "Added to the Copilot's input at t: nothing, X̃_t ('token'), or X̃_t and h_t ('token_hidden'); "
+            "unset, the Pilot family's default."
+        },
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot while training."})
     prob_floor: float = field(default=1e-10, metadata={"help": "Clamp of fused probabilities in 'prob' mode."})
@@ -192,8 +203,9 @@ class CopilotConfig(PeftConfig):
         for name in OBJECTIVE_FIELDS:
             if getattr(self, name) is None:  # left unset while the objective was not known yet
                 setattr(self, name, None)
-        _check_choice("copilot_positions", self.copilot_positions, COPILOT_POSITIONS)
-        _check_choice("copilot_same_position", self.copilot_same_position, SAME_POSITION_PATHS)
+        for name, choices in LAYOUT_FIELDS.items():
+            if getattr(self, name) is not None:  # unset: the Pilot family's default, filled in when it is known
+                _check_choice(name, getattr(self, name), choices)
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
             raise ValueError(f"CopilotConfig.num_layers must be an integer >= 1, got {self.num_layers!r}.")
         self._check_saved_architecture()
@@ -253,8 +265,9 @@ class CopilotConfig(PeftConfig):
         self._check_saved_positions()
 
     def _check_saved_positions(self) -> None:
-        """A saved network's positions and same-position path must be the ones the config names. An adapter saved
-        before these fields existed has neither, and is read as position-free with no same-position path."""
+        """A saved network's positions and same-position path must be the ones the config names (unset, they are read
+        from it). An adapter saved before these fields existed has neither, and is read as position-free with no
+        same-position path."""
         positions = self.copilot_architecture.get("positions")
         if positions is not None and not (
             isinstance(positions, dict)
@@ -268,12 +281,14 @@ class CopilotConfig(PeftConfig):
                 f"model_type, rope_parameters, max_position_embeddings), got {positions!r}."
             )
         saved = "rotary" if positions is not None else "none"
+        self.copilot_positions = self.copilot_positions or saved
         if saved != self.copilot_positions:
             raise ValueError(
                 f"CopilotConfig.copilot_positions={self.copilot_positions!r} disagrees with the saved Copilot, "
                 f"which was built with copilot_positions={saved!r}."
             )
         saved = self.copilot_architecture.get("same_position", "none")
+        self.copilot_same_position = self.copilot_same_position or saved
         if saved != self.copilot_same_position:
             raise ValueError(
                 f"CopilotConfig.copilot_same_position={self.copilot_same_position!r} disagrees with the saved "

@@ -49,6 +49,8 @@ class PilotFamily:
         memory_x: how X̃ is read, the same in the fused forward and when the Mistake Log is replayed.
         lora_targets: `LoraConfig.target_modules` for a LoRA-tuned Pilot of the family.
         auto_class: the transformers auto class a pretrained source of the family loads with.
+        copilot_defaults: `CopilotConfig` field → the family's value where the user left it unset (the layout that
+            measured best on the family: benchmarks/RESULTS_DIAGNOSIS.md).
     """
 
     runner: type[CausalRunner] | type[Seq2SeqRunner]
@@ -63,6 +65,7 @@ class PilotFamily:
     memory_x: str
     lora_targets: list[str] | str
     auto_class: str
+    copilot_defaults: dict[str, str]
 
     def module(self, pilot: nn.Module, part: str) -> nn.Module:
         """The Pilot's `part` (a key of `paths`)."""
@@ -190,6 +193,7 @@ _LLAMA_FAMILY = PilotFamily(
     memory_x="the input embeddings of the tokens (the embedding layer's output, which layer 0 reads)",
     lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
     auto_class="AutoModelForCausalLM",
+    copilot_defaults={"copilot_positions": "rotary", "copilot_same_position": "token_hidden"},
 )
 
 FAMILIES: dict[str, PilotFamily] = {
@@ -217,6 +221,8 @@ FAMILIES: dict[str, PilotFamily] = {
         # Every linear layer: T5's projections are named q/k/v/o/wi/wo, not the Llama family's.
         lora_targets="all-linear",
         auto_class="AutoModelForSeq2SeqLM",
+        # Its relative position bias is always there; it has no same-position path yet.
+        copilot_defaults={"copilot_positions": "none", "copilot_same_position": "none"},
     ),
 }
 
@@ -246,6 +252,13 @@ def rotary_embedding_class(model_type: str) -> type[nn.Module]:
             f"got model_type {model_type!r}."
         )
     return rotary[model_type]
+
+
+def fill_family_defaults(pilot: nn.Module, config: CopilotConfig) -> None:
+    """Set the `CopilotConfig` fields the user left unset to the Pilot family's values (saved with the adapter)."""
+    for name, value in family_of(pilot).copilot_defaults.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
 
 
 def default_lora_targets(pilot: nn.Module) -> list[str] | str:

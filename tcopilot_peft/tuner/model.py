@@ -39,7 +39,7 @@ from ..fusion import PilotPrediction, fuse_logits, fuse_logits_where_defined
 from .causal import CausalRunner
 from .checkpoint import weights_problem
 from .config import CopilotConfig
-from .families import PilotFamily, family_of
+from .families import PilotFamily, family_of, fill_family_defaults
 from .generation import Generating, generate
 from .layer import COPILOT_WEIGHTS_PREFIX, CopilotLayer
 from .network import CopilotNetwork
@@ -103,9 +103,11 @@ class CopilotModel(BaseTuner):
         self._warned_skipped = False
 
     def _prepare_adapter_config(self, peft_config: CopilotConfig, model_config: dict) -> CopilotConfig:
-        """Where PEFT completes a config from the model: refuse a Pilot this Copilot cannot serve, then record the
-        Pilot's family, vocabulary and width (a saved adapter is checked against them when loaded)."""
+        """Where PEFT completes a config from the model: refuse a Pilot this Copilot cannot serve, fill in the
+        family's defaults, then record the Pilot's family, vocabulary and width (a saved adapter is checked against
+        them when loaded)."""
         check_pilot(self.model, peft_config)
+        fill_family_defaults(self.model, peft_config)
         for field, value in pilot_signature(self.model).items():
             setattr(peft_config, field, value)
         return peft_config

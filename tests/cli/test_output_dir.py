@@ -41,13 +41,14 @@ def test_resume_continues_the_last_checkpoint_and_overwrite_starts_afresh(tmp_pa
     data = write_rows(tmp_path / "train.json", instruction_rows())
     output = tmp_path / "run"
     assert main(train_argv(local_pilot, data, output, "--max-steps", "2")) == 0
-    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # The Pilot's 2 steps, then the Copilot's 2 on the finished Pilot (`copilot_schedule="after_pilot"`).
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 5)]
     capsys.readouterr()
-    first_run = (output / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    first_run = (output / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns
     assert main(train_argv(local_pilot, data, output, "--max-steps", "3", "--resume")) == 0
-    assert f"resuming from {output / 'checkpoint-2'}" in capsys.readouterr().err
-    assert json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
-    assert (output / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == first_run  # steps 1-2 not rerun
+    assert f"resuming from {output / 'checkpoint-4'}" in capsys.readouterr().err
+    assert json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+    assert (output / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns == first_run  # steps 1-4 not rerun
     assert main(train_argv(local_pilot, data, output, "--max-steps", "1", "--overwrite")) == 0
-    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert (output / "adapter_model.safetensors").exists()

@@ -14,7 +14,7 @@ from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
 TOKENIZER = char_tokenizer()
 
 
-def make_trainer(output_dir, lora: bool, policy: str = "uniform"):
+def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str = "after_pilot"):
     pilot = tiny_pilot(vocab_size=len(TOKENIZER))
     if lora:
         pilot = get_peft_model(pilot, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -30,6 +30,7 @@ def make_trainer(output_dir, lora: bool, policy: str = "uniform"):
         dataloader_pin_memory=False,
         seed=0,
         mistake_log_sampling=policy,
+        copilot_schedule=schedule,
     )
     return CopilotSFTTrainer(
         model=get_peft_model(pilot, CopilotConfig()),
@@ -43,17 +44,25 @@ def trainable_state(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n or "copilot_" in n}
 
 
-@pytest.mark.parametrize(("lora", "policy"), [(True, "uniform"), (False, "newest")])
-def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy):
-    full = make_trainer(tmp_path / "full", lora, policy)
+@pytest.mark.parametrize(
+    ("lora", "policy", "schedule", "step"),
+    [
+        (True, "uniform", "after_pilot", 3),  # inside the Pilot's phase
+        (True, "uniform", "after_pilot", 9),  # inside the Copilot's phase
+        (False, "newest", "after_pilot", 9),
+        (False, "newest", "joint", 3),
+    ],
+)
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, schedule, step):
+    full = make_trainer(tmp_path / "full", lora, policy, schedule)
     full.train()
-    checkpoint = tmp_path / "full" / "checkpoint-3"
+    checkpoint = tmp_path / "full" / f"checkpoint-{step}"
     names = set(os.listdir(checkpoint))
     assert {"adapter_model.safetensors", "copilot_trainer_state.pt", "mistake_log_rank0.safetensors"} <= names
     if not lora:
         assert "pilot" in names  # a fully fine-tuned Pilot is checkpointed beside the adapter
 
-    resumed = make_trainer(tmp_path / "resumed", lora, policy)
+    resumed = make_trainer(tmp_path / "resumed", lora, policy, schedule)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert len(resumed.mistake_log) == len(full.mistake_log)
     expected, actual = trainable_state(full), trainable_state(resumed)
@@ -69,7 +78,7 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy):
 def test_a_damaged_mistake_log_is_dropped_with_a_warning_and_the_run_resumes(tmp_path, damage):
     first = make_trainer(tmp_path / "first", lora=True)
     first.train()
-    checkpoint = tmp_path / "first" / "checkpoint-3"
+    checkpoint = tmp_path / "first" / "checkpoint-9"  # in the Copilot's phase: the log has rows
     log_file = checkpoint / "mistake_log_rank0.safetensors"
     if damage == "truncated":
         log_file.write_bytes(log_file.read_bytes()[:100])
@@ -82,4 +91,4 @@ def test_a_damaged_mistake_log_is_dropped_with_a_warning_and_the_run_resumes(tmp
     resumed = make_trainer(tmp_path / "resumed", lora=True)
     with pytest.warns(UserWarning, match="cannot be resumed"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.state.global_step == 6 and len(resumed.mistake_log) > 0  # it refilled
+    assert resumed.state.global_step == 12 and len(resumed.mistake_log) > 0  # it refilled

@@ -48,7 +48,8 @@ def make_trainer(output_dir, model, **settings):
 
 
 def test_training_logs_both_losses_and_fills_the_mistake_log(tmp_path):
-    trainer = make_trainer(tmp_path, get_peft_model(t5(), CopilotConfig()), max_steps=3, logging_steps=1)
+    model = get_peft_model(t5(), CopilotConfig())
+    trainer = make_trainer(tmp_path, model, max_steps=3, logging_steps=1, copilot_schedule="joint")
     before = [p.detach().clone() for p in trainer.copilot_parameters()]
     trainer.train()
     logged = trainer.state.log_history[0]

@@ -33,12 +33,41 @@ def train(model, args, dataset=None, **kwargs):
 
 
 def test_logs_pilot_and_copilot_losses_and_mistake_log_size(tmp_path):
-    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, logging_steps=2))
+    args = copilot_args(tmp_path, logging_steps=2, copilot_schedule="joint")
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2
     for entry in logged:
         assert entry["copilot_loss"] > 0 and entry["mistake_log_bytes"] > 0 and entry["mistake_log_rows"] > 0
     assert logged[-1]["mistake_log_rows"] == 16  # 4 rounds of 4 sequences, none evicted
+
+
+def test_by_default_the_pilot_trains_first_then_the_copilot_on_the_finished_pilot(tmp_path):
+    """`copilot_schedule="after_pilot"`: the Pilot's steps are exactly a plain SFT run's; then the Copilot learns for
+    as many steps from the finished Pilot, frozen (its learning rate 0), and its Mistake Log holds that Pilot's."""
+    model = get_peft_model(pilot(), CopilotConfig())
+    copilot_before = [p.detach().clone() for p in model.base_model.copilot_model.parameters()]
+    trainer = train(model, copilot_args(tmp_path, max_steps=3, logging_steps=1))
+    assert trainer.state.global_step == 6 and (trainer.pilot_steps, trainer.copilot_start) == (3, 3)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [("copilot_loss" in e) for e in logged] == [False] * 3 + [True] * 3
+    assert all(e["learning_rate"] > 0 for e in logged[:3]) and all(e["learning_rate"] == 0 for e in logged[3:])
+    assert len(trainer.mistake_log) == 12 and trainer.copilot_updater.scheduler.last_epoch == 3
+    assert any(not torch.equal(a, b) for a, b in zip(copilot_before, model.base_model.copilot_model.parameters()))
+    plain = pilot()
+    sft_args = SFTConfig(output_dir=str(tmp_path / "plain"), max_steps=3, per_device_train_batch_size=4, bf16=False)
+    for key, value in {**QUIET, "learning_rate": 1e-3}.items():
+        setattr(sft_args, key, value)
+    SFTTrainer(model=plain, args=sft_args, train_dataset=arithmetic_dataset(), processing_class=TOKENIZER).train()
+    ours = trainer.copilot_tuner.model.state_dict()
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(ours[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_a_frozen_pilot_has_no_pilot_phase_to_wait_for(tmp_path):
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, max_steps=3, train_pilot="none"))
+    assert trainer.state.global_step == 3 and trainer.copilot_start == 0
+    assert trainer.copilot_updater.scheduler.last_epoch == 3
 
 
 def test_copilot_learns_from_the_log(tmp_path):
@@ -114,14 +143,14 @@ def test_plain_model_with_peft_config(tmp_path):
 def test_gradient_accumulation_and_gradient_checkpointing(tmp_path):
     args = copilot_args(tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True, max_steps=2)
     trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
-    assert trainer.state.global_step == 2
-    assert trainer.copilot_updater.scheduler.last_epoch == 2  # one Copilot update per optimiser step
+    assert trainer.state.global_step == 4  # 2 of the Pilot, then 2 of the Copilot
+    assert trainer.copilot_updater.scheduler.last_epoch == 2  # one Copilot update per optimiser step of its phase
 
 
 @pytest.mark.parametrize("policy", ["current", "uniform", "newest"])
 def test_sampling_policies(tmp_path, policy):
     trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, mistake_log_sampling=policy))
-    assert trainer.state.global_step == 4
+    assert trainer.state.global_step == 8 and trainer.copilot_updater.scheduler.last_epoch == 4
 
 
 def test_bf16_run(tmp_path):
@@ -129,7 +158,7 @@ def test_bf16_run(tmp_path):
         get_peft_model(pilot(), CopilotConfig()),
         copilot_args(tmp_path, bf16=True, use_cpu=not torch.cuda.is_available(), max_steps=2),
     )
-    assert trainer.state.global_step == 2
+    assert trainer.state.global_step == 4
 
 
 def test_cpu_defaults_need_no_flags(tmp_path):

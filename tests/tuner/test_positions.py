@@ -13,6 +13,8 @@ from tcopilot_peft.mistake_log import MistakeLog
 from tests.conftest import ARCHITECTURES, VOCAB, randomise_copilot, tiny_pilot, tiny_t5
 
 
+# The paper's layout (no positions, no same-position path), named: unset, the fields take the family's defaults.
+PAPER_LAYOUT = dict(copilot_positions="none", copilot_same_position="none")
 # Every new option alone, and all of them together.
 OPTIONS = {
     "rotary": dict(copilot_positions="rotary"),
@@ -120,7 +122,7 @@ def test_cached_and_uncached_generation_agree_under_greedy_beams_and_sampling(op
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_the_options_change_the_correction_and_lambda_zero_is_still_the_pilot(option):
     ids = prompts()
-    default, model, pilot = copilot_on(), copilot_on(**OPTIONS[option]), tiny_pilot()
+    default, model, pilot = copilot_on(**PAPER_LAYOUT), copilot_on(**OPTIONS[option]), tiny_pilot()
     # From position 3 on the inputs are treated as generated: the Copilot then reads non-zero errors (on prompt
     # positions it reads zeros, and its first attention query is zero, which no rotation changes).
     scored = [m(input_ids=ids, copilot_prompt_length=3).copilot_logits for m in (model, default)]
@@ -159,7 +161,7 @@ def test_an_adapter_with_the_options_reloads_to_identical_outputs(tmp_path):
 
 
 def test_an_adapter_saved_before_the_options_existed_loads_position_free(tmp_path):
-    model = copilot_on()
+    model = copilot_on(**PAPER_LAYOUT)
     model.save_pretrained(tmp_path)
     config_path = tmp_path / "adapter_config.json"
     saved = json.loads(config_path.read_text())
@@ -193,14 +195,28 @@ def test_a_saved_config_that_contradicts_its_network_is_refused_by_field(tmp_pat
         PeftModel.from_pretrained(tiny_pilot(), tmp_path)
 
 
-# ------------------------------------------------------------------ bad values
+# ------------------------------------------------------------------ defaults and bad values
+
+
+@pytest.mark.parametrize(
+    "pilot, expected",
+    [(tiny_pilot, ("rotary", "token_hidden")), (tiny_t5, ("none", "none"))],
+    ids=["llama", "t5"],
+)
+def test_unset_fields_take_the_pilot_familys_defaults_and_are_saved(tmp_path, pilot, expected):
+    task = "CAUSAL_LM" if pilot is tiny_pilot else "SEQ_2_SEQ_LM"
+    model = get_peft_model(pilot(), CopilotConfig(task_type=task))
+    config = model.peft_config["default"]
+    assert (config.copilot_positions, config.copilot_same_position) == expected
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (saved["copilot_positions"], saved["copilot_same_position"]) == expected
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(copilot_positions="alibi"), r"copilot_positions must be one of \('none', 'rotary'\), got 'alibi'"),
-        (dict(copilot_positions=None), "copilot_positions must be one of"),
         (dict(copilot_same_position="hidden"), "copilot_same_position must be one of .* got 'hidden'"),
         (
             dict(
