@@ -4,14 +4,16 @@ benchmarks/pilots/t5 --steps 2000 --layers 3`) fully fine-tuned, as the paper fi
 For every seed, on the same data, steps and seed:
 
   (a) the Pilot alone (the same fine-tuned model with the Copilot off);
-  (b) Pilot + Copilot trained jointly with `CopilotSeq2SeqTrainer` and the package's defaults; λ chosen on validation;
+  (b) Pilot + Copilot trained with `CopilotSeq2SeqTrainer` and the package's defaults (the Pilot's steps, then as
+      many Copilot steps on the finished Pilot, frozen: `copilot_schedule="after_pilot"`); λ chosen on validation;
   (f) a logit ensemble of the Pilot (a) with a small T5 of the Copilot's depth (the Pilot's embeddings and head, its
       encoder and decoder blocks at the indices the Copilot copies) fine-tuned alone; w chosen on validation.
 
-Greedy decoding; answer-level accuracy; gains paired per item. Writes `benchmarks/RESULTS_T5.md` (and `.json`).
+Greedy decoding; answer-level accuracy; gains paired per item. Writes `benchmarks/RESULTS_T5.md` (and `.json`). Each
+(task, seed) unit is kept in the workdir as it finishes; `--resume` keeps the finished ones.
 
-    python benchmarks/run_seq2seq.py                 # the committed RESULTS_T5.md
-    python benchmarks/run_seq2seq.py --quick         # a smoke run (minutes)
+    python benchmarks/run_seq2seq.py --epochs 6 --resume   # the committed RESULTS_T5.md
+    python benchmarks/run_seq2seq.py --quick               # a smoke run (minutes)
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[boo
 
 
 def joint_arm(splits, seed: int, epochs: float, workdir: Path) -> tuple[dict, nn.Module]:
-    """(a) and (b): one joint run; λ on validation; the test split scored with the Copilot off and on."""
+    """(a) and (b): one training run (the Pilot, then its Copilot); λ on validation; the test split scored with the
+    Copilot off and on."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(PILOT), CopilotConfig())
@@ -90,7 +93,8 @@ def joint_arm(splits, seed: int, epochs: float, workdir: Path) -> tuple[dict, nn
         "lambda": config.fusion_lambda,
         "validation_grid": grid,
         "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
-        "step_seconds": statistics.median(timer.times[2:]),
+        "seconds": sum(timer.times),
+        "pilot_steps": trainer.pilot_steps,
         "copilot_parameters": sum(p.numel() for p in model.base_model.copilot_model.parameters()),
         "pilot_parameters": sum(p.numel() for p in model.base_model.model.parameters()),
         "copilot_layers": config.num_layers,
@@ -147,19 +151,24 @@ def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model,
     }
 
 
-def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path) -> dict:
+def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict, save) -> dict:
+    """Every seed of `task` not already in `runs` (a resumed run's finished units); `save()` after each."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     splits["budget"] = max(len(tokenizer(r["completion"]).input_ids) for r in splits["train"]) + 8
-    runs = {"budget": splits["budget"]}
+    runs["budget"] = splits["budget"]
     for seed in seeds:
+        if str(seed) in runs:
+            log(f"{task} seed {seed}: kept from the workdir")
+            continue
         seed_dir = workdir / f"{task}-{seed}"
-        log(f"{task} seed {seed}: (a)/(b) joint training")
+        log(f"{task} seed {seed}: (a)/(b) the Pilot, then the Copilot on it")
         run, model = joint_arm(splits, seed, sizes["epochs"], seed_dir)
         run["plain_step_seconds"] = plain_step_seconds(splits, seed, seed_dir)
         log(f"{task} seed {seed}: (f) logit ensemble")
         run.update(ensemble_arm(splits, seed, sizes["epochs"], seed_dir, model, run["copilot_layers"]))
         runs[str(seed)] = run
+        save()
     return runs
 
 
@@ -176,7 +185,7 @@ def arm_row(name: str, per_seed: list[dict], arm: str) -> str:
 
 def task_lines(task: str, per_seed: list[dict]) -> list[str]:
     first = per_seed[0]
-    step_ratio = statistics.mean(r["step_seconds"] / r["plain_step_seconds"] for r in per_seed)
+    time_ratio = statistics.mean(r["seconds"] / (r["plain_step_seconds"] * r["pilot_steps"]) for r in per_seed)
     return [
         f"## Task `{task}`",
         "",
@@ -193,7 +202,8 @@ def task_lines(task: str, per_seed: list[dict]) -> list[str]:
         "",
         "| cost | value |",
         "|---|---|",
-        f"| training step time, CopilotSeq2SeqTrainer / Seq2SeqTrainer | {step_ratio:.2f}× |",
+        "| training time for the Pilot's steps, CopilotSeq2SeqTrainer (both phases) / Seq2SeqTrainer | "
+        f"{time_ratio:.2f}× |",
         "| generation tokens/s, fused / Pilot (batch 64, greedy) | "
         f"{statistics.mean(r['tokens_per_second_ratio'] for r in per_seed):.2f}× |",
         f"| Mistake Log bytes per token | {statistics.mean(r['mistake_log_bytes_per_token'] for r in per_seed):.0f} |",
@@ -230,6 +240,7 @@ def main() -> None:
     parser.add_argument("--pilot", type=Path, default=HERE / "pilots" / "t5", help="a pretrained T5 Pilot directory")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results-t5"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_T5.md")
+    parser.add_argument("--resume", action="store_true", help="keep the finished (task, seed) units of the workdir")
     args = parser.parse_args()
     PILOT = args.pilot
     if not (PILOT / "config.json").exists():
@@ -238,8 +249,18 @@ def main() -> None:
     if args.quick:
         sizes = dict(train=200, validation=20, test=40, epochs=1.0)
     began = time.perf_counter()
-    results = {task: run_task(task, args.seeds, sizes, args.workdir) for task in args.tasks}
-    wall = time.perf_counter() - began
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    partial = args.workdir / "partial.json"
+    saved = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    previous_seconds = saved.pop("seconds", 0.0)
+    results = {task: saved.get(task, {}) for task in args.tasks}
+
+    def save() -> None:
+        partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+
+    for task in args.tasks:
+        run_task(task, args.seeds, sizes, args.workdir, results[task], save)
+    wall = previous_seconds + time.perf_counter() - began
     command = " ".join(["python benchmarks/run_seq2seq.py", *sys.argv[1:]])
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = render(results, sizes, args.seeds, wall, command)
