@@ -512,6 +512,9 @@ def train_arm(directory: Path, form: str, vocab: int, copilot: int | None, plan:
     if copilot is not None:
         model = get_peft_model(model, CopilotConfig(num_layers=copilot))
         trainer_cls, config_cls = CopilotSFTTrainer, CopilotSFTConfig
+        # A joint step (Pilot and Copilot both learn), the step the FLOP share describes; the default schedule's
+        # steps are a plain Pilot step, then a Pilot forward and a Copilot step (bench_training.py times both).
+        settings["copilot_schedule"] = "joint"
     timer = TimedSteps(budget)
     trainer = trainer_cls(
         model=model,
