@@ -25,7 +25,7 @@ COPILOT_INITS = ("pilot_layers", "pretrained", "random")
 # `copilot_positions`: the paper's position-free Copilot, or rotary positions as the source family's layers use.
 COPILOT_POSITIONS = ("none", "rotary")
 # `copilot_same_position`: what the Copilot's input at t holds besides the feed (the error or its own output).
-SAME_POSITION_PATHS = ("none", "token", "token_hidden")
+SAME_POSITION_PATHS = ("none", "token", "hidden", "token_hidden")
 # The Copilot's layout fields, left unset for the Pilot family's default (`families.PilotFamily.copilot_defaults`).
 LAYOUT_FIELDS = {"copilot_positions": COPILOT_POSITIONS, "copilot_same_position": SAME_POSITION_PATHS}
 # The fields whose unset value means "the objective's own" (`Objective.fusion_mode`, `Objective.inference_feed`).
@@ -87,8 +87,9 @@ class CopilotConfig(PeftConfig):
             What the Copilot's input at position t holds besides the feed (the Pilot's error, or its own output):
             `"none"` nothing; `"token"` X̃_t, the Pilot's input embedding at t, added to it; `"token_hidden"` X̃_t as
             `"token"` and the pooled Pilot state h_t through a zero-initialised projection (EAGLE's
-            fc(cat(token, feature)), written as a sum), so a new Copilot starts as a `"token"` one. Decoder-only
-            Pilots only. Unset, the Pilot family's default (`"token_hidden"` for Llama, Qwen2 and Mistral, `"none"`
+            fc(cat(token, feature)), written as a sum), so a new Copilot starts as a `"token"` one; `"hidden"` h_t
+            alone, through that map. A T5 Copilot takes `"none"` and `"hidden"` (its X̃ is the encoder's output, not
+            a token at t). Unset, the Pilot family's default (`"token_hidden"` for Llama, Qwen2 and Mistral, `"none"`
             for T5), recorded in the config when the adapter is created.
         dropout (`float`, defaults to 0.0):
             Dropout on the Copilot's attention and MLP outputs while training.
@@ -142,11 +143,11 @@ class CopilotConfig(PeftConfig):
             "Pilot family's default."
         },
     )
-    copilot_same_position: Literal["none", "token", "token_hidden"] | None = field(
+    copilot_same_position: Literal["none", "token", "hidden", "token_hidden"] | None = field(
         default=None,
         metadata={
-            "help": "Added to the Copilot's input at t: nothing, X̃_t ('token'), or X̃_t and h_t ('token_hidden'); "
-            "unset, the Pilot family's default."
+            "help": "Added to the Copilot's input at t: nothing, X̃_t ('token'), h_t ('hidden'), or X̃_t and h_t "
+            "('token_hidden'); unset, the Pilot family's default."
         },
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Copilot while training."})

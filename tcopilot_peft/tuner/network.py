@@ -22,7 +22,8 @@ the Copilot's inputs, of X̃ and of the pooled states at their own positions. Po
 
 Same-position path (`CopilotConfig.copilot_same_position`): the input at t is the feed alone (the paper's), or the
 feed plus X̃_t (`"token"`), or that plus the pooled state h_t through a zero-initialised projection (`"token_hidden"`;
-EAGLE's fc(cat(token, feature)) written as a sum of maps, so a new Copilot starts as a `"token"` one).
+EAGLE's fc(cat(token, feature)) written as a sum of maps, so a new Copilot starts as a `"token"` one), or the feed plus
+that projection of h_t alone (`"hidden"`).
 
 Causality: the query at position t sees Copilot inputs, X̃ and pooled Pilot states at positions ≤ t only. Each of those
 depends on tokens ≤ t, which the Pilot has already read at position t, so no future target can leak in.
@@ -46,6 +47,11 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
 from .bnb import base_linear, dequantized_weight
+
+
+# `CopilotConfig.copilot_same_position` values whose input at t adds X̃_t, and those that add h_t.
+TOKEN_PATHS = ("token", "token_hidden")
+HIDDEN_PATHS = ("hidden", "token_hidden")
 
 
 @dataclass
@@ -226,9 +232,9 @@ class CopilotNetwork(nn.Module):
         self.layers = self._make_layers(config)
         self.final_norm = RMSNorm(d_c, config.rms_norm_eps)
         self.output_proj = nn.Linear(d_c, d_p, bias=False)
-        # The subclass for T5 Pilots has neither option (its config has no such fields).
+        # Configs saved before the option existed have no such field: the paper's feed alone.
         self.same_position = getattr(config, "same_position", "none")
-        if self.same_position == "token_hidden":
+        if self.same_position in HIDDEN_PATHS:
             self.hidden_norm = RMSNorm(d_p, config.rms_norm_eps)
             self.hidden_proj = nn.Linear(d_p, d_c, bias=False)
         positions = getattr(config, "positions", None)
@@ -270,7 +276,7 @@ class CopilotNetwork(nn.Module):
                 nn.init.normal_(self.input_proj.weight, std=d_p**-0.5)
                 nn.init.normal_(self.memory_proj.weight, std=d_p**-0.5)
             nn.init.zeros_(self.output_proj.weight)
-            if self.same_position == "token_hidden":
+            if self.same_position in HIDDEN_PATHS:
                 nn.init.zeros_(self.hidden_proj.weight)  # h_t enters as training finds it useful
 
     @staticmethod
@@ -321,10 +327,8 @@ class CopilotNetwork(nn.Module):
     def _inputs(self, feed: torch.Tensor, memory_x: torch.Tensor, memory_h: torch.Tensor) -> torch.Tensor:
         """The stream at each position starts from the feed and, with a same-position path, what the Pilot has there:
         X̃_t (in the feed's space, the rows of E) and, projected, h_t."""
-        if self.same_position == "none":
-            return self.input_proj(feed)
-        x = self.input_proj(feed + memory_x)
-        if self.same_position == "token_hidden":
+        x = self.input_proj(feed + memory_x if self.same_position in TOKEN_PATHS else feed)
+        if self.same_position in HIDDEN_PATHS:
             x = x + self.hidden_proj(self.hidden_norm(memory_h))
         return x
 

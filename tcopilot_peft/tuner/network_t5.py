@@ -14,6 +14,8 @@ Choices where the paper is silent:
 * **Position.** The self-attention uses T5's bucketed relative position bias (one table, from the source's first
   block, shared by every block as in T5) over the Copilot's own positions: the copied attention weights were trained
   with it. The cross-attention has none, as in T5; the pooled states carry their positions.
+* **Same position.** With `copilot_same_position="hidden"` the input at t also gets the pooled decoder state h_t
+  through a zero-initialised map (as the decoder-only Copilot's); there is no token path (X̃ is the encoder output).
 * **Scale.** Attention scores are not divided by √d, T5's convention (its weights are initialised for it).
 * **Masks.** The encoder part of the memory is masked by the encoder's attention mask (`key_valid`); the
   pooled-state part is causal, so position t reads the Pilot's decoder states at positions ≤ t only (no future
@@ -38,7 +40,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from .network import CopilotNetwork, RMSNorm
+from .network import TOKEN_PATHS, CopilotNetwork, RMSNorm
 
 
 @dataclass
@@ -55,6 +57,7 @@ class T5CopilotNetworkConfig:
     relative_attention_max_distance: int = 128
     rms_norm_eps: float = 1e-6
     dropout: float = 0.0
+    same_position: str = "none"  # `CopilotConfig.copilot_same_position`: "none" or "hidden" (no token path here)
     family: str = "t5"
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +150,8 @@ class T5CopilotNetwork(CopilotNetwork):
     `key_valid` is the encoder's attention mask `(batch, source_length)`."""
 
     def __init__(self, config: T5CopilotNetworkConfig):
+        if config.same_position in TOKEN_PATHS:
+            raise ValueError(f"A T5 Copilot has no token path: same_position={config.same_position!r}.")
         super().__init__(config)
         self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
         nn.init.normal_(self.relative_attention_bias.weight, std=config.hidden_size**-0.5)  # T5's initialiser
@@ -191,7 +196,8 @@ class T5CopilotNetwork(CopilotNetwork):
         cache_offset: int = 0,
     ) -> torch.Tensor:
         dtype = self.input_proj.weight.dtype
-        x = self.input_proj(error_embeds.to(dtype))
+        # X̃ here is the encoder's output, not a per-position token: only the h_t path reads the decoder's position.
+        x = self._inputs(error_embeds.to(dtype), None, memory_h.to(dtype))
         batch, length = x.shape[:2]
         past = cache.self_attention_cache.get_seq_length(cache_offset) if cache is not None else 0
         encoder_cached = cache is not None and cache.cross_attention_cache.get_seq_length(cache_offset) > 0

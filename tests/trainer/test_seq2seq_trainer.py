@@ -86,9 +86,12 @@ def test_a_lora_pilot_trains_only_lora_and_the_copilot(tmp_path):
 
 
 @torch.no_grad()
-def test_the_log_replays_the_dense_loss():
-    model = get_peft_model(t5(), CopilotConfig())
+@pytest.mark.parametrize("same_position", ["none", "hidden"])
+def test_the_log_replays_the_dense_loss(same_position):
+    model = get_peft_model(t5(), CopilotConfig(copilot_same_position=same_position))
     model.base_model.active_network.output_proj.weight.normal_(std=0.05)
+    if same_position == "hidden":
+        model.base_model.active_network.hidden_proj.weight.normal_(std=0.05)
     batch = DataCollatorForSeq2Seq(TOKENIZER, model=model.base_model.model)(list(seq2seq_dataset(3)))
     out = model(**batch, copilot_teacher_forcing=False)
     log = MistakeLog(top_k=len(TOKENIZER))

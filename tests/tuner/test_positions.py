@@ -19,6 +19,7 @@ PAPER_LAYOUT = dict(copilot_positions="none", copilot_same_position="none")
 OPTIONS = {
     "rotary": dict(copilot_positions="rotary"),
     "token": dict(copilot_same_position="token"),
+    "hidden": dict(copilot_same_position="hidden"),
     "token_hidden": dict(copilot_same_position="token_hidden"),
     "rotary+token_hidden": dict(copilot_positions="rotary", copilot_same_position="token_hidden"),
 }
@@ -217,7 +218,7 @@ def test_unset_fields_take_the_pilot_familys_defaults_and_are_saved(tmp_path, pi
     "kwargs, match",
     [
         (dict(copilot_positions="alibi"), r"copilot_positions must be one of \('none', 'rotary'\), got 'alibi'"),
-        (dict(copilot_same_position="hidden"), "copilot_same_position must be one of .* got 'hidden'"),
+        (dict(copilot_same_position="feature"), "copilot_same_position must be one of .* got 'feature'"),
         (
             dict(
                 copilot_architecture={

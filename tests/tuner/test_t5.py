@@ -31,7 +31,15 @@ def inputs(seed: int = 0):
 def copilot_t5(variant="flan-t5", **config):
     model = get_peft_model(tiny_t5(variant), CopilotConfig(**config))
     randomise_copilot(model)
+    for network in model.base_model.copilot_model.values():
+        if hasattr(network, "hidden_proj"):  # zero-initialised like the output map: give it weights too
+            with torch.no_grad():
+                network.hidden_proj.weight.normal_(std=0.5)
     return model.eval()
+
+
+# The T5 Copilot's same-position options: the feed alone, and the pooled decoder state h_t added at its position.
+SAME_POSITION = ["none", "hidden"]
 
 
 @pytest.mark.parametrize("variant", sorted(T5_VARIANTS))
@@ -49,10 +57,11 @@ def test_the_copilot_is_a_t5_decoder_copied_from_the_pilots_blocks(variant):
     assert model.peft_config["default"].copilot_architecture["gated"] is (variant == "flan-t5")
 
 
+@pytest.mark.parametrize("same_position", SAME_POSITION)
 @pytest.mark.parametrize("feed", ["pilot_error", "copilot"])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_generation_is_fused_and_cached_equals_uncached(feed, strategy):
-    model = copilot_t5(inference_feed=feed)
+def test_generation_is_fused_and_cached_equals_uncached(feed, strategy, same_position):
+    model = copilot_t5(inference_feed=feed, copilot_same_position=same_position)
     ids, mask = inputs()
     settings = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, **STRATEGIES[strategy])
     runs = {}
@@ -92,8 +101,9 @@ def test_a_forward_scores_a_generated_target_as_generation_did():
 
 
 @torch.no_grad()
-def test_no_future_label_reaches_the_copilot():
-    model = copilot_t5()
+@pytest.mark.parametrize("same_position", SAME_POSITION)
+def test_no_future_label_reaches_the_copilot(same_position):
+    model = copilot_t5(copilot_same_position=same_position)
     ids, mask = inputs()
     labels = torch.randint(3, VOCAB, (3, 6))
     first = model(input_ids=ids, attention_mask=mask, labels=labels).copilot_logits
@@ -126,14 +136,30 @@ def test_the_copilot_loss_trains_the_copilot_only():
     assert all(p.grad is None for p in model.base_model.model.parameters())
 
 
-@pytest.mark.parametrize("task_type", ["CAUSAL_LM", "SEQ_2_SEQ_LM"])
-def test_round_trip_restores_identical_outputs(tmp_path, task_type):
-    model = copilot_t5(task_type=task_type)
+@pytest.mark.parametrize(("task_type", "same_position"), [("CAUSAL_LM", "none"), ("SEQ_2_SEQ_LM", "hidden")])
+def test_round_trip_restores_identical_outputs(tmp_path, task_type, same_position):
+    model = copilot_t5(task_type=task_type, copilot_same_position=same_position)
     ids, mask = inputs()
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_t5(), tmp_path).eval()
     assert torch.equal(loaded.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2), reference)
+
+
+@torch.no_grad()
+def test_the_hidden_path_reads_h_t_and_starts_as_the_feed_alone():
+    """h_t enters through a zero-initialised map: a new `"hidden"` Copilot computes what a `"none"` one does; with
+    weights in that map, the correction changes."""
+    ids, mask = inputs()
+    decoder = torch.randint(3, VOCAB, (3, 5))
+    new = {}
+    for option in SAME_POSITION:
+        model = get_peft_model(tiny_t5(), CopilotConfig(copilot_same_position=option))
+        randomise_copilot(model)
+        new[option] = model.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+    torch.testing.assert_close(new["hidden"], new["none"], rtol=0, atol=0)
+    trained = copilot_t5(copilot_same_position="hidden")(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+    assert not torch.allclose(trained.logits, new["none"])
 
 
 def test_copilots_do_not_cross_between_families(tmp_path):
