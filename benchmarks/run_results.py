@@ -568,7 +568,7 @@ def targets_lines(results: dict, seeds: list[str]) -> list[str]:
         "### The default Copilot against its targets",
         "",
         "| block | (b) gain (points) | ≥ +3 with every seed positive | (b) − (f) ensemble (points) "
-        "| (g) gain kept on a sibling |",
+        "| (g) gain kept on a sibling (its points) |",
         "|---|---|---|---|---|",
     ]
     for key, runs in results.items():
@@ -589,8 +589,9 @@ def targets_lines(results: dict, seeds: list[str]) -> list[str]:
                 paired_gain(runs[s]["transfer_arm"]["transfer_sibling_pilot"], runs[s]["transfer_arm"]["transfer"])
                 for s in seeds
             ]
-            if statistics.mean(gains):  # a fraction of no gain is undefined
-                kept = f"{statistics.mean(t['gain_points'] for t in transfer) / statistics.mean(gains):.0%}"
+            sibling = statistics.mean(t["gain_points"] for t in transfer)
+            # A fraction of no gain is undefined; the sibling's own points say what transfers in absolute terms.
+            kept = f"{sibling / statistics.mean(gains):.0%} ({sibling:+.1f})" if statistics.mean(gains) else "–"
         lines.append(
             f"| {key} | {statistics.mean(gains):+.1f} ({', '.join(f'{g:+.1f}' for g in gains)}) | "
             f"{'yes' if met else 'no'} | {versus} | {kept} |"

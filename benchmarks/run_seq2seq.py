@@ -8,11 +8,14 @@ For every seed, on the same data, steps and seed:
       many Copilot steps on the finished Pilot, frozen: `copilot_schedule="after_pilot"`); λ chosen on validation;
   (f) a logit ensemble of the Pilot (a) with a small T5 of the Copilot's depth (the Pilot's embeddings and head, its
       encoder and decoder blocks at the indices the Copilot copies) fine-tuned alone; w chosen on validation.
+  (h) with `--hidden`, an ablation: (b) with `copilot_same_position="hidden"` (the Pilot's pooled decoder state at
+      the Copilot's own position added to its stream), the same seeded Pilot run; paired against (b).
 
 Greedy decoding; answer-level accuracy; gains paired per item. Writes `benchmarks/RESULTS_T5.md` (and `.json`). Each
 (task, seed) unit is kept in the workdir as it finishes; `--resume` keeps the finished ones.
 
     python benchmarks/run_seq2seq.py --epochs 6 --resume   # the committed RESULTS_T5.md
+    python benchmarks/run_seq2seq.py --epochs 6 --resume --hidden   # + the (h) ablation of every seed
     python benchmarks/run_seq2seq.py --quick               # a smoke run (minutes)
 """
 
@@ -62,16 +65,18 @@ def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[boo
     return correct(completions[arm], rows)
 
 
-def joint_arm(splits, seed: int, epochs: float, workdir: Path) -> tuple[dict, nn.Module]:
+def joint_arm(
+    splits, seed: int, epochs: float, workdir: Path, copilot: CopilotConfig | None = None
+) -> tuple[dict, nn.Module]:
     """(a) and (b): one training run (the Pilot, then its Copilot); λ on validation; the test split scored with the
-    Copilot off and on."""
+    Copilot off and on. `copilot` replaces the default Copilot (an ablation arm; the Pilot's phase is unchanged)."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(PILOT), CopilotConfig())
+    model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(PILOT), copilot or CopilotConfig())
     timer = StepTimer()
     trainer = CopilotSeq2SeqTrainer(
         model=model,
-        args=CopilotSeq2SeqConfig(**training_options(seed, epochs, workdir / "b")),
+        args=CopilotSeq2SeqConfig(**training_options(seed, epochs, workdir / ("b" if copilot is None else "h"))),
         train_dataset=seq2seq_rows(tokenizer, splits["train"]),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model.base_model.model),
         processing_class=tokenizer,
@@ -101,6 +106,14 @@ def joint_arm(splits, seed: int, epochs: float, workdir: Path) -> tuple[dict, nn
         "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
     }
     return run, model
+
+
+def hidden_arm(splits, seed: int, epochs: float, workdir: Path, pilot: list[bool]) -> dict:
+    """(h), an ablation: the same run with `copilot_same_position="hidden"` (the Pilot's pooled state at the
+    Copilot's own position added to its stream). The Pilot's phase is the same seeded run as (b)'s; whether its
+    Pilot-alone answers equal (b)'s (the two arms then correct the same Pilot) is recorded and reported."""
+    run, _ = joint_arm(splits, seed, epochs, workdir, CopilotConfig(copilot_same_position="hidden"))
+    return {"hidden": run["fused"], "hidden_lambda": run["lambda"], "hidden_same_pilot": run["pilot"] == pilot}
 
 
 def plain_step_seconds(splits, seed: int, workdir: Path) -> float:
@@ -151,8 +164,9 @@ def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model,
     }
 
 
-def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict, save) -> dict:
-    """Every seed of `task` not already in `runs` (a resumed run's finished units); `save()` after each."""
+def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict, save, hidden: bool) -> dict:
+    """Every seed of `task` not already in `runs` (a resumed run's finished units), then the (h) ablation of each
+    seed when `hidden` is set; `save()` after each unit."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     splits["budget"] = max(len(tokenizer(r["completion"]).input_ids) for r in splits["train"]) + 8
@@ -169,6 +183,12 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict
         run.update(ensemble_arm(splits, seed, sizes["epochs"], seed_dir, model, run["copilot_layers"]))
         runs[str(seed)] = run
         save()
+    for seed in seeds if hidden else []:
+        run = runs[str(seed)]
+        if "hidden" not in run:
+            log(f"{task} seed {seed}: (h) the Copilot with copilot_same_position='hidden'")
+            run.update(hidden_arm(splits, seed, sizes["epochs"], workdir / f"{task}-{seed}", run["pilot"]))
+            save()
     return runs
 
 
@@ -183,6 +203,19 @@ def arm_row(name: str, per_seed: list[dict], arm: str) -> str:
     return f"| {name} | {accuracy} | {mean_std([g['gain_points'] for g in gains])} ({listed}) | {fixed} / {broken} |"
 
 
+def hidden_rows(per_seed: list[dict]) -> list[str]:
+    """The (h) ablation's row, with its paired gain over (b), where every seed has it."""
+    if not all("hidden" in r for r in per_seed):
+        return []
+    versus = [paired_gain(r["fused"], r["hidden"])["gain_points"] for r in per_seed]
+    listed = ", ".join(f"{g:+.1f}" for g in versus)
+    lambdas, same = [r["hidden_lambda"] for r in per_seed], [r["hidden_same_pilot"] for r in per_seed]
+    return [
+        arm_row('(h) ablation: `copilot_same_position="hidden"`', per_seed, "hidden"),
+        f"| (h) − (b), paired | – | {mean_std(versus)} ({listed}) | λ {lambdas}; same Pilot as (b): {same} |",
+    ]
+
+
 def task_lines(task: str, per_seed: list[dict]) -> list[str]:
     first = per_seed[0]
     time_ratio = statistics.mean(r["seconds"] / (r["plain_step_seconds"] * r["pilot_steps"]) for r in per_seed)
@@ -194,6 +227,7 @@ def task_lines(task: str, per_seed: list[dict]) -> list[str]:
         arm_row("(a) Pilot alone", per_seed, "pilot"),
         arm_row("(b) Pilot + Copilot (defaults)", per_seed, "fused"),
         arm_row("(f) logit ensemble with a small T5", per_seed, "ensemble"),
+        *hidden_rows(per_seed),
         "",
         f"λ per seed: {[r['lambda'] for r in per_seed]}; ensemble w: {[r['ensemble_weight'] for r in per_seed]}."
         f" Copilot {first['copilot_parameters'] / 1e3:.0f}k parameters ({first['copilot_layers']} T5 decoder blocks) "
@@ -241,6 +275,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tcopilot-results-t5"))
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_T5.md")
     parser.add_argument("--resume", action="store_true", help="keep the finished (task, seed) units of the workdir")
+    parser.add_argument(
+        "--hidden", action="store_true", help="add the (h) ablation arm: copilot_same_position='hidden'"
+    )
     args = parser.parse_args()
     PILOT = args.pilot
     if not (PILOT / "config.json").exists():
@@ -259,7 +296,7 @@ def main() -> None:
         partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
 
     for task in args.tasks:
-        run_task(task, args.seeds, sizes, args.workdir, results[task], save)
+        run_task(task, args.seeds, sizes, args.workdir, results[task], save, args.hidden)
     wall = previous_seconds + time.perf_counter() - began
     command = " ".join(["python benchmarks/run_seq2seq.py", *sys.argv[1:]])
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
