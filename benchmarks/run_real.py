@@ -291,12 +291,15 @@ def unit_joint(ctx, seed: int, objective: str) -> dict:
     model.save_pretrained(ctx.workdir / f"seed{seed}-{objective}" / "adapter")
     modes = ("logit",) if objective == "fused_ce" else PAPER_MODES
     fusion, grid = choose_fusion(model, ctx.tokenizer, ctx.splits["validation"], modes)
+    with model.disable_adapter():  # the Pilot alone on the same rows: the fused prediction's skill is against it
+        pilot_ce = completion_ce(model, ctx.tokenizer, ctx.splits["validation"])
     arms = generate(model, ctx.tokenizer, ctx.examples, settings)
     return {
         "pilot": arms["pilot"],
         "fused": arms["fused"],
         "fusion": fusion,
         "validation_ce": grid,
+        "pilot_validation_ce": pilot_ce,
         "pilot_curve": curve.curve,
         "steps": trainer.state.global_step,
         "training_seconds": seconds,
@@ -527,6 +530,14 @@ def gain_lines(units: dict, seeds: list[int]) -> list[str]:
     return lines
 
 
+def validation_skill(unit: dict) -> str:
+    """The chosen fusion's validation cross-entropy skill over the Pilot alone (units that recorded the Pilot's)."""
+    if "pilot_validation_ce" not in unit:
+        return ""
+    pilot, fused = unit["pilot_validation_ce"], unit["validation_ce"][unit["fusion"]]
+    return f" (validation cross-entropy {pilot:.3f} → {fused:.3f}, skill {100 * (1 - fused / pilot):.1f} %)"
+
+
 def detail_lines(units: dict, seeds: list[int], batch: int) -> list[str]:
     lines = []
     for seed in seeds:
@@ -538,7 +549,7 @@ def detail_lines(units: dict, seeds: list[int], batch: int) -> list[str]:
         lines += [
             f"- seed {seed}: the Pilot's validation cross-entropy by step ({curve}); "
             f"{default['steps']} steps in {default['training_seconds'] / 60:.0f} min; "
-            f"fusion chosen {default['fusion']}"
+            f"fusion chosen {default['fusion']}{validation_skill(default)}"
             + (f", paper's {units[f'seed{seed}/paper']['fusion']}" if f"seed{seed}/paper" in units else "")
             + f"; Copilot {default['copilot_parameters'] / 1e6:.2f}M parameters; fused/Pilot tokens/s {ratio:.2f} "
             f"(greedy, batch {batch}); Mistake Log "

@@ -94,6 +94,8 @@ def test_every_arm_runs_and_resumes_unit_by_unit(layout):
     assert [len(default[arm]["correct"][name]) for arm in ("pilot", "fused") for name in SETS] == [2] * 10
     assert [step for step, _ in default["pilot_curve"]] == [0, 2]
     assert default["fusion"].startswith("logit/")
+    # The Pilot alone on the validation rows, so the report can state the fused prediction's skill over it.
+    assert default["pilot_validation_ce"] > 0
 
     finished = {name: unit["wall_seconds"] for name, unit in results["units"].items()}
     with pytest.raises(SystemExit, match="--resume"):
@@ -105,7 +107,7 @@ def test_every_arm_runs_and_resumes_unit_by_unit(layout):
     assert results["units"]["seed0/paper"]["fusion"].split("/")[0] in run_real.PAPER_MODES
     assert results["units"]["seed0/transfer"]["sibling"] == 1
     report = (layout / "RESULTS_REAL.md").read_text()
-    assert "Units finished: 8 of 8." in report and "(b) − (f)" in report
+    assert "Units finished: 8 of 8." in report and "(b) − (f)" in report and "skill" in report
 
     with pytest.raises(SystemExit, match="other settings"):
         run_real.main(flags(layout) + ["--resume", "--max-new-tokens", "5"])
