@@ -139,11 +139,15 @@ FRESH_ARMS = {
     "fresh_rotary_token_hidden": "rotary_token_hidden",
     "fresh_rth_lr3e-3": "rotary_token_hidden",
     "fresh_rth_double": "rotary_token_hidden",
+    "fresh_rth_x4": "rotary_token_hidden",
 }
 # Arms that differ in how the Copilot trains, not in what it is: `CopilotSFTConfig` overrides.
-TRAINING = {"current": {"mistake_log_sampling": "current"}, "fresh_rth_lr3e-3": {"copilot_learning_rate": 3e-3}}
-# Fresh arms whose Copilot trains for a multiple of the Pilot's steps (the default: as many).
-STEP_FACTOR = {"fresh_rth_double": 2}
+TRAINING = {
+    "current": {"mistake_log_sampling": "current"},
+    "fresh_rth_lr3e-3": {"copilot_learning_rate": 3e-3},
+    "fresh_rth_double": {"copilot_steps_factor": 2.0},
+    "fresh_rth_x4": {"copilot_steps_factor": 4.0},
+}
 # The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
 ARMS = (
     *("default", "ensemble", "token", "token_hidden", "token_own"),
@@ -154,6 +158,7 @@ ARMS = (
         "fresh_rotary_token_hidden",
         "fresh_rth_lr3e-3",
         "fresh_rth_double",
+        "fresh_rth_x4",
         "current",
         "rotary_token",
         "rotary_token_hidden",
@@ -169,6 +174,7 @@ LABELS = {
     "fresh_rotary_token_hidden": "+ rotary positions + X̃_t and h_t, trained on the frozen final Pilot",
     "fresh_rth_lr3e-3": "the same, Copilot learning rate 3e-3 (default 1e-3)",
     "fresh_rth_double": "the same, trained for twice the Pilot's steps",
+    "fresh_rth_x4": "the same, trained for four times the Pilot's steps",
     "rotary": "+ rotary positions",
     "token": "+ token X̃_t at its own position",
     "token_hidden": "+ X̃_t and pooled h_t at its own position",
@@ -298,13 +304,13 @@ def load_trained_lora(model, adapter: Path) -> None:
 
 
 def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: str) -> dict:
-    """The Copilot of `FRESH_ARMS[arm]` from its initial weights, trained for the same steps (× `STEP_FACTOR`) on
-    `default`'s final Pilot, frozen (`train_pilot="none"`), with the arm's `TRAINING` overrides."""
+    """The Copilot of `FRESH_ARMS[arm]` from its initial weights, trained for the Pilot's steps (times the arm's
+    `copilot_steps_factor`) on `default`'s final Pilot, frozen (`train_pilot="none"`), with the arm's `TRAINING`
+    overrides."""
     model, tokenizer = new_copilot_model(settings, JOINT_ARMS[FRESH_ARMS[arm]])
     load_trained_lora(model, workdir / "default" / "adapter")
     began = time.perf_counter()
-    epochs = settings.epochs * STEP_FACTOR.get(arm, 1)
-    options = {"train_pilot": "none", "num_train_epochs": epochs, **TRAINING.get(arm, {})}
+    options = {"train_pilot": "none", **TRAINING.get(arm, {})}
     trainer, _ = fine_tune(model, tokenizer, train, settings, workdir / arm, **options)
     seconds = time.perf_counter() - began
     model.save_pretrained(workdir / arm / "adapter")  # kept for a later accuracy pass

@@ -277,8 +277,8 @@ def parse_train_options(args: argparse.Namespace):
         # TRL sets `gradient_checkpointing`, which transformers 5 renamed: pass it under the new name, as
         # `TrainingArguments` itself would after a FutureWarning the user could do nothing about.
         given["activation_checkpointing"], given["gradient_checkpointing"] = given["gradient_checkpointing"], None
-    training = training_type(**given)
-    try:
+    try:  # a `TrainingArguments` or `CopilotConfig` check (their `__post_init__`)
+        training = training_type(**given)
         copilot = CopilotConfig(copilot_loss=training.copilot_loss, **dataclasses.asdict(options))
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -289,10 +289,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .data import load_any_dataset, to_trl_format
     from .trainer import CopilotSFTTrainer
 
-    try:
-        script, copilot_config, training = parse_train_options(args)
-    except ValueError as error:  # a TrainingArguments check (its __post_init__)
-        raise UsageError(str(error)) from error
+    script, copilot_config, training = parse_train_options(args)
     check_model_path(script.model, script.gguf_file)
     resume_from = training.resume_from_checkpoint or prepare_output_dir(training.output_dir, script)
     try:

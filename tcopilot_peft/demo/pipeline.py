@@ -225,7 +225,7 @@ def training_record(trainer: CopilotSFTTrainer, timer: StepTimer, plain_step: fl
     return {
         "train_seconds": sum(timer.times),
         "pilot_steps": trainer.pilot_steps,
-        "copilot_steps": trainer.state.global_step - trainer.copilot_start,
+        "copilot_steps": trainer.copilot_steps,
         "training_time_ratio": sum(timer.times) / (plain_step * trainer.pilot_steps),
         "plain_sft_step_seconds": plain_step,
         "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,

@@ -3,8 +3,8 @@
 Pilots).
 
 `CopilotSFTConfig.copilot_schedule` says when the Copilot learns: after the Pilot (the default: the Pilot trains for
-its steps first, then the Copilot for as many steps on the finished Pilot, frozen) or jointly (the paper's Algorithm 1,
-both at every step). Each micro-batch:
+its steps first, then the Copilot on the finished Pilot, frozen) or jointly (the paper's Algorithm 1, both at every
+step); `copilot_steps_factor` says for how many steps, as a multiple of the Pilot's. Each micro-batch:
 
 1. the Pilot's forward (full-vocabulary p̂, layer-pooled hidden states), its cross-entropy and, while the Pilot trains,
    its backward — the Pilot's optimiser steps as in any run of the base trainer;
@@ -69,10 +69,12 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         self.copilot_holdout = self._withhold_from_pilot(self.args.copilot_holdout_fraction)
         self._holdout_draws = 0
         self.copilot_updater: CopilotUpdater | None = None
-        # The Pilot trains in the run's first `pilot_steps` steps; the Copilot learns from step `copilot_start` on
-        # (`copilot_schedule`). Both are set when the run's length is known (`set_initial_training_values`).
+        # The Pilot trains in the run's first `pilot_steps` steps; the Copilot learns for `copilot_steps` steps from
+        # step `copilot_start` on (`copilot_schedule`). All are set when the run's length is known
+        # (`set_initial_training_values`).
         self.pilot_steps: int | None = None
         self.copilot_start = 0
+        self.copilot_steps: int | None = None
         self._captured: tuple[dict, Any] | None = None
         self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
         # TRL's trainers keep per-mode metrics (`_metrics`) and log them; a plain `Trainer` does not, so they are kept
@@ -100,7 +102,7 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         super().create_optimizer_and_scheduler(num_training_steps)
-        self._create_copilot_updater(num_training_steps - self.copilot_start)
+        self._create_copilot_updater(self.copilot_steps)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         # The Pilot's schedule spans the Pilot's own steps; after them (a Copilot phase) its learning rate stays 0.
@@ -112,15 +114,17 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         return scheduler
 
     def set_initial_training_values(self, args, dataloader):
-        """The base trainer's run length for the Pilot's steps, extended by the schedule's Copilot phase."""
+        """The base trainer's run length for the Pilot's steps, extended to the end of the Copilot's phase."""
         epochs, per_epoch, examples, samples, batch, in_epoch, pilot_steps = super().set_initial_training_values(
             args, dataloader
         )
         self.pilot_steps = pilot_steps
+        self.copilot_steps = max(1, round(args.copilot_steps_factor * pilot_steps))
         # With a frozen Pilot there is nothing to wait for: the Copilot learns from the first step.
         start = COPILOT_SCHEDULES[args.copilot_schedule](pilot_steps)
         self.copilot_start = 0 if self.pilot_training == "none" else start
-        steps = self.copilot_start + pilot_steps
+        pilot_phase = 0 if self.pilot_training == "none" else pilot_steps
+        steps = max(pilot_phase, self.copilot_start + self.copilot_steps)
         if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
             epochs = max(epochs, math.ceil(steps / per_epoch))
         return epochs, per_epoch, examples, samples * steps // pilot_steps, batch, in_epoch, steps
@@ -164,14 +168,14 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.copilot_updater is None:
-            self._create_copilot_updater(self.state.max_steps - self.copilot_start)
+            self._create_copilot_updater(self.copilot_steps)
         step = self.state.global_step
         if self.pilot_training != "none" and step < self.pilot_steps:
             loss = super().training_step(model, inputs, num_items_in_batch)
         else:
             loss = self._frozen_pilot_step(model, inputs, num_items_in_batch)
         captured, self._captured = self._captured, None
-        if captured is not None and step >= self.copilot_start:
+        if captured is not None and self.copilot_start <= step < self.copilot_start + self.copilot_steps:
             # The Copilot's step draws random numbers (dropout in a withheld batch's or a replayed encoder's forward,
             # in the Copilot itself); on a forked generator, so the Pilot's own draws, and its training, are exactly
             # those of a run without a Copilot.

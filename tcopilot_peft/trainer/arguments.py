@@ -13,7 +13,7 @@ from ..tuner.config import OBJECTIVE_HELP
 
 PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
 # `copilot_schedule`: the step (of the Pilot's `pilot_steps`) at which the Copilot starts learning. It then learns for
-# `pilot_steps` steps, so a run takes `start + pilot_steps` steps; the Pilot trains in its first `pilot_steps`.
+# `copilot_steps_factor × pilot_steps` steps; the Pilot trains in the run's first `pilot_steps`.
 COPILOT_SCHEDULES = {
     "after_pilot": lambda pilot_steps: pilot_steps,  # on the finished Pilot, frozen (benchmarks/RESULTS_DIAGNOSIS.md)
     "joint": lambda pilot_steps: 0,  # the paper's Algorithm 1: both at every step
@@ -44,12 +44,17 @@ class CopilotTrainingArguments:
             stay as the adapter's config has them.
         copilot_schedule (`str`, defaults to `"after_pilot"`):
             When the Copilot learns. `"after_pilot"`: the Pilot trains for the configured epochs or steps first, then
-            the Copilot trains for as many steps on the finished Pilot, frozen, so its Mistake Log holds only the
-            errors the finished Pilot makes (the run takes twice the steps; the second half costs a Pilot forward
-            and a Copilot step each). `"joint"`: the paper's Algorithm 1, both at every step, the Copilot learning
+            the Copilot trains (for `copilot_steps_factor` times as many steps) on the finished Pilot, frozen, so its
+            Mistake Log holds only the errors the finished Pilot makes (each step of that phase costs a Pilot forward
+            and a Copilot step). `"joint"`: the paper's Algorithm 1, both at every step, the Copilot learning
             from a Pilot that is still changing. On the same steps, the Copilot trained after the Pilot reaches 1.7×
             to 2.3× the held-out cross-entropy skill of the joint one (benchmarks/RESULTS_DIAGNOSIS.md). With
-            `train_pilot="none"` the two are the same: the Copilot trains for the configured steps.
+            `train_pilot="none"` the two are the same: the Copilot learns from the first step.
+        copilot_steps_factor (`float`, defaults to 1.0):
+            How long the Copilot learns, as a multiple of the Pilot's steps (the configured epochs or `max_steps`),
+            rounded, at least one step; the Copilot's learning-rate schedule spans exactly these steps. The run takes
+            `max(Pilot's steps, start + Copilot's steps)` steps, the data loader cycling through further epochs when
+            the Copilot needs them. With `train_pilot="none"` it scales the configured steps.
         train_pilot (`str`, defaults to `"auto"`):
             Which Pilot weights train: `"full"` all of them, `"adapter"` only its LoRA, `"none"` none (a Copilot-only
             phase on a fixed Pilot); `"auto"` is `"adapter"` for a LoRA Pilot and `"full"` otherwise.
@@ -86,6 +91,9 @@ class CopilotTrainingArguments:
             "(the paper's Algorithm 1).",
             "choices": tuple(COPILOT_SCHEDULES),
         },
+    )
+    copilot_steps_factor: float = field(
+        default=1.0, metadata={"help": "How long the Copilot learns, as a multiple of the Pilot's steps."}
     )
     train_pilot: str = field(
         default="auto",
@@ -124,5 +132,7 @@ class CopilotTrainingArguments:
             )
         if not 0.0 <= self.copilot_holdout_fraction < 1.0:
             raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
+        if not self.copilot_steps_factor > 0:
+            raise ValueError(f"copilot_steps_factor must be > 0, got {self.copilot_steps_factor!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")

@@ -50,7 +50,7 @@ class CopilotCheckpointMixin:
         if checkpoint is None:
             return
         if self.copilot_updater is None:
-            self._create_copilot_updater(self.state.max_steps - self.copilot_start)
+            self._create_copilot_updater(self.copilot_steps)
         state_path = os.path.join(checkpoint, COPILOT_STATE_NAME)
         if os.path.exists(state_path):
             state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -54,5 +54,7 @@ def test_a_bad_value_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="fusion_lambda"):
         parse_train_options(parse("--output-dir", str(tmp_path), "--fusion-lambda", "-1"))
+    with pytest.raises(UsageError, match="copilot_steps_factor"):
+        parse_train_options(parse("--output-dir", str(tmp_path), "--copilot-steps-factor", "0"))
     with pytest.raises(UsageError, match="--output-dir is required"):
         parse_train_options(parse())

@@ -14,7 +14,7 @@ from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
 TOKENIZER = char_tokenizer()
 
 
-def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str = "after_pilot"):
+def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str = "after_pilot", factor: float = 1.0):
     pilot = tiny_pilot(vocab_size=len(TOKENIZER))
     if lora:
         pilot = get_peft_model(pilot, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -31,6 +31,7 @@ def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str 
         seed=0,
         mistake_log_sampling=policy,
         copilot_schedule=schedule,
+        copilot_steps_factor=factor,
     )
     return CopilotSFTTrainer(
         model=get_peft_model(pilot, CopilotConfig()),
@@ -45,16 +46,17 @@ def trainable_state(trainer):
 
 
 @pytest.mark.parametrize(
-    ("lora", "policy", "schedule", "step"),
+    ("lora", "policy", "schedule", "factor", "step"),
     [
-        (True, "uniform", "after_pilot", 3),  # inside the Pilot's phase
-        (True, "uniform", "after_pilot", 9),  # inside the Copilot's phase
-        (False, "newest", "after_pilot", 9),
-        (False, "newest", "joint", 3),
+        (True, "uniform", "after_pilot", 1.0, 3),  # inside the Pilot's phase
+        (True, "uniform", "after_pilot", 1.0, 9),  # inside the Copilot's phase
+        (False, "newest", "after_pilot", 1.0, 9),
+        (False, "newest", "joint", 1.0, 3),
+        (True, "uniform", "after_pilot", 1.5, 12),  # inside a Copilot phase longer than the Pilot's
     ],
 )
-def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, schedule, step):
-    full = make_trainer(tmp_path / "full", lora, policy, schedule)
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, schedule, factor, step):
+    full = make_trainer(tmp_path / "full", lora, policy, schedule, factor)
     full.train()
     checkpoint = tmp_path / "full" / f"checkpoint-{step}"
     names = set(os.listdir(checkpoint))
@@ -62,7 +64,7 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, sc
     if not lora:
         assert "pilot" in names  # a fully fine-tuned Pilot is checkpointed beside the adapter
 
-    resumed = make_trainer(tmp_path / "resumed", lora, policy, schedule)
+    resumed = make_trainer(tmp_path / "resumed", lora, policy, schedule, factor)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert len(resumed.mistake_log) == len(full.mistake_log)
     expected, actual = trainable_state(full), trainable_state(resumed)

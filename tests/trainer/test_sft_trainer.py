@@ -64,10 +64,40 @@ def test_by_default_the_pilot_trains_first_then_the_copilot_on_the_finished_pilo
         torch.testing.assert_close(ours[name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_a_frozen_pilot_has_no_pilot_phase_to_wait_for(tmp_path):
-    trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, max_steps=3, train_pilot="none"))
-    assert trainer.state.global_step == 3 and trainer.copilot_start == 0
-    assert trainer.copilot_updater.scheduler.last_epoch == 3
+@pytest.mark.parametrize(
+    ("schedule", "factor", "run", "copilot_steps", "learns"),
+    [
+        ("after_pilot", 2.0, 9, 6, [False] * 3 + [True] * 6),  # the Pilot's 3 steps, then the Copilot's 6
+        ("after_pilot", 0.5, 5, 2, [False] * 3 + [True] * 2),  # round(1.5) = 2
+        ("joint", 2.0, 6, 6, [True] * 6),  # both for 3 steps, then the Copilot alone on the finished Pilot
+        ("joint", 1 / 3, 3, 1, [True] + [False] * 2),
+    ],
+)
+def test_copilot_steps_factor_sets_the_copilots_phase(tmp_path, schedule, factor, run, copilot_steps, learns):
+    """The Copilot learns for `copilot_steps_factor` × the Pilot's steps, its schedule spanning exactly those; the
+    Pilot's training is a plain SFT run's whatever the factor (its learning rate 0 once its own steps are done)."""
+    args = copilot_args(tmp_path, max_steps=3, logging_steps=1, copilot_schedule=schedule, copilot_steps_factor=factor)
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
+    assert (trainer.state.global_step, trainer.pilot_steps, trainer.copilot_steps) == (run, 3, copilot_steps)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [("copilot_loss" in e) for e in logged] == learns
+    assert [e["learning_rate"] > 0 for e in logged] == [True] * 3 + [False] * (run - 3)
+    assert trainer.copilot_updater.scheduler.last_epoch == copilot_steps
+    assert trainer.copilot_updater.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # cosine ran out
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("nan")])
+def test_a_copilot_steps_factor_that_is_not_positive_is_refused_by_name(tmp_path, factor):
+    with pytest.raises(ValueError, match="copilot_steps_factor must be > 0"):
+        copilot_args(tmp_path, copilot_steps_factor=factor)
+
+
+@pytest.mark.parametrize(("factor", "steps"), [(1.0, 3), (2.0, 6)])
+def test_a_frozen_pilot_has_no_pilot_phase_to_wait_for(tmp_path, factor, steps):
+    args = copilot_args(tmp_path, max_steps=3, train_pilot="none", copilot_steps_factor=factor)
+    trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
+    assert trainer.state.global_step == steps and trainer.copilot_start == 0
+    assert trainer.copilot_updater.scheduler.last_epoch == steps
 
 
 def test_copilot_learns_from_the_log(tmp_path):
