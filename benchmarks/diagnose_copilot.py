@@ -433,7 +433,8 @@ def chosen(unit: dict, tokens: list[int]) -> str:
 
 
 def arm_skills(seed_units: dict, arm: str) -> dict:
-    """Test CE skills of one arm in one seed, against the Pilot it corrects: at λ = 1 and at λ chosen on validation."""
+    """CE skills of one arm in one seed, against the Pilot it corrects: on the test items at λ = 1 and at λ chosen on
+    validation, and on the validation items at that λ (what a design is chosen by)."""
     unit = seed_units[arm]
     reference = seed_units["default"] if arm == "ensemble" else unit
     tokens = {split: reference[split]["tokens"] for split in ("validation", "test")}
@@ -441,6 +442,8 @@ def arm_skills(seed_units: dict, arm: str) -> dict:
     value = chosen(unit, tokens["validation"])
     skills = {"pilot_ce": pilot, "chosen": value}
     skills["chosen_skill"] = 1 - mean_ce(unit["test"]["fused"][value], tokens["test"]) / pilot
+    fused, alone = unit["validation"]["fused"][value], reference["validation"]["pilot"]
+    skills["validation_skill"] = 1 - mean_ce(fused, tokens["validation"]) / mean_ce(alone, tokens["validation"])
     if arm == "ensemble":
         skills["small_skill"] = 1 - mean_ce(unit["test"]["small"], tokens["test"]) / pilot
     else:
@@ -478,9 +481,9 @@ def task_table(task: str, units: dict) -> list[str]:
     lines = [
         f"### task `{task}` (base Pilot)",
         "",
-        "| arm | seeds | test CE skill at λ chosen on validation (%) | per seed | at λ = 1 (%) | λ chosen | "
-        "paired per-item CE vs default (×100 nats/token) | training (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | seeds | validation CE skill (%) | test CE skill at λ chosen on validation (%) | per seed | "
+        "at λ = 1 (%) | λ chosen | paired per-item CE vs default (×100 nats/token) | training (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in [a for a in ARMS if a != "ensemble"]:
         seeds = [s for s in units if arm in units[s]]
@@ -489,7 +492,8 @@ def task_table(task: str, units: dict) -> list[str]:
         skills = [arm_skills(units[s], arm) for s in seeds]
         difference = "–" if arm == "default" else per_item_difference(units, seeds, arm)
         lines.append(
-            f"| {LABELS[arm]} | {', '.join(seeds)} | {mean_std([100 * k['chosen_skill'] for k in skills])} | "
+            f"| {LABELS[arm]} | {', '.join(seeds)} | {mean_std([100 * k['validation_skill'] for k in skills])} | "
+            f"{mean_std([100 * k['chosen_skill'] for k in skills])} | "
             f"{per_seed(skills, 'chosen_skill')} | "
             f"{mean_std([100 * k['unit_skill'] for k in skills])} | {', '.join(k['chosen'] for k in skills)} | "
             f"{difference} | {statistics.mean(units[s][arm]['seconds'] for s in seeds):.0f} |"
@@ -499,10 +503,11 @@ def task_table(task: str, units: dict) -> list[str]:
         skills = [arm_skills(units[s], "ensemble") for s in seeds]
         lines += [
             f"| (f) logit ensemble with the small model | {', '.join(seeds)} | "
+            f"{mean_std([100 * k['validation_skill'] for k in skills])} | "
             f"{mean_std([100 * k['chosen_skill'] for k in skills])} | {per_seed(skills, 'chosen_skill')} | – | "
             f"w {', '.join(k['chosen'] for k in skills)} | – | "
             f"{statistics.mean(units[s]['ensemble']['seconds'] for s in seeds):.0f} |",
-            f"|     (f)'s small model alone | {', '.join(seeds)} | "
+            f"|     (f)'s small model alone | {', '.join(seeds)} | – | "
             f"{mean_std([100 * k['small_skill'] for k in skills])} | {per_seed(skills, 'small_skill')} "
             "| – | – | – | – |",
         ]
@@ -523,7 +528,7 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         "",
         f"Regime of `RESULTS.md`: the base Pilot, LoRA r=16, {sizes['train']} training examples, {sizes['epochs']:g} "
         f"epochs. Training times are wall-clock on a shared 2-core CPU (other work ran beside some units). "
-        "Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} test items; λ (w for "
+        f"Teacher-forced cross-entropy on the completion tokens of the {sizes['test']} test items; λ (w for "
         f"the ensemble) ∈ {sorted({*LAMBDAS, 1.0})} chosen by the CE of the {sizes['validation']} validation items. "
         "Skill = 1 − CE / the Pilot's CE on the same tokens. Every arm of a seed corrects the same Pilot: the joint "
         "arms' Pilots train identically (same seed, data and steps; the Copilot does not touch the Pilot's "
