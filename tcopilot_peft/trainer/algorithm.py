@@ -119,11 +119,13 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             args, dataloader
         )
         self.pilot_steps = pilot_steps
-        self.copilot_steps = max(1, round(args.copilot_steps_factor * pilot_steps))
-        # With a frozen Pilot there is nothing to wait for: the Copilot learns from the first step.
-        start = COPILOT_SCHEDULES[args.copilot_schedule](pilot_steps)
-        self.copilot_start = 0 if self.pilot_training == "none" else start
-        pilot_phase = 0 if self.pilot_training == "none" else pilot_steps
+        schedule = COPILOT_SCHEDULES[args.copilot_schedule]
+        frozen = self.pilot_training == "none"
+        # With a frozen Pilot there is nothing to wait for, and the configured steps are the Copilot's.
+        factor = args.copilot_steps_factor or (1.0 if frozen else schedule.steps_factor)
+        self.copilot_steps = max(1, round(factor * pilot_steps))
+        self.copilot_start = 0 if frozen else schedule.start(pilot_steps)
+        pilot_phase = 0 if frozen else pilot_steps
         steps = max(pilot_phase, self.copilot_start + self.copilot_steps)
         if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
             epochs = max(epochs, math.ceil(steps / per_epoch))

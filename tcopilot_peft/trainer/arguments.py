@@ -3,6 +3,7 @@ configurations (`CopilotSFTConfig` in `sft_config.py`, `CopilotSeq2SeqConfig` in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,11 +13,22 @@ from ..tuner.config import OBJECTIVE_HELP
 
 
 PILOT_TRAINING_MODES = ("auto", "full", "adapter", "none")
-# `copilot_schedule`: the step (of the Pilot's `pilot_steps`) at which the Copilot starts learning. It then learns for
-# `copilot_steps_factor × pilot_steps` steps; the Pilot trains in the run's first `pilot_steps`.
+
+
+@dataclass(frozen=True)
+class CopilotSchedule:
+    """When the Copilot learns within a run of `pilot_steps` Pilot steps (`CopilotTrainingArguments.copilot_schedule`):
+    from step `start(pilot_steps)`, for `steps_factor × pilot_steps` steps unless `copilot_steps_factor` is set."""
+
+    start: Callable[[int], int]
+    steps_factor: float
+
+
 COPILOT_SCHEDULES = {
-    "after_pilot": lambda pilot_steps: pilot_steps,  # on the finished Pilot, frozen (benchmarks/RESULTS_DIAGNOSIS.md)
-    "joint": lambda pilot_steps: 0,  # the paper's Algorithm 1: both at every step
+    # On the finished Pilot, frozen (benchmarks/RESULTS_DIAGNOSIS.md: more steps than the Pilot's raise its skill).
+    "after_pilot": CopilotSchedule(start=lambda pilot_steps: pilot_steps, steps_factor=1.0),
+    # The paper's Algorithm 1: both at every step, for the Pilot's steps.
+    "joint": CopilotSchedule(start=lambda pilot_steps: 0, steps_factor=1.0),
 }
 
 
@@ -50,11 +62,12 @@ class CopilotTrainingArguments:
             from a Pilot that is still changing. On the same steps, the Copilot trained after the Pilot reaches 1.7×
             to 2.3× the held-out cross-entropy skill of the joint one (benchmarks/RESULTS_DIAGNOSIS.md). With
             `train_pilot="none"` the two are the same: the Copilot learns from the first step.
-        copilot_steps_factor (`float`, defaults to 1.0):
+        copilot_steps_factor (`float`, *optional*):
             How long the Copilot learns, as a multiple of the Pilot's steps (the configured epochs or `max_steps`),
             rounded, at least one step; the Copilot's learning-rate schedule spans exactly these steps. The run takes
             `max(Pilot's steps, start + Copilot's steps)` steps, the data loader cycling through further epochs when
-            the Copilot needs them. With `train_pilot="none"` it scales the configured steps.
+            the Copilot needs them. Unset: the schedule's own (`COPILOT_SCHEDULES`; `"joint"` 1, the paper's), and 1
+            with `train_pilot="none"`, whose configured steps are the Copilot's.
         train_pilot (`str`, defaults to `"auto"`):
             Which Pilot weights train: `"full"` all of them, `"adapter"` only its LoRA, `"none"` none (a Copilot-only
             phase on a fixed Pilot); `"auto"` is `"adapter"` for a LoRA Pilot and `"full"` otherwise.
@@ -92,8 +105,9 @@ class CopilotTrainingArguments:
             "choices": tuple(COPILOT_SCHEDULES),
         },
     )
-    copilot_steps_factor: float = field(
-        default=1.0, metadata={"help": "How long the Copilot learns, as a multiple of the Pilot's steps."}
+    copilot_steps_factor: float | None = field(
+        default=None,
+        metadata={"help": "How long the Copilot learns, as a multiple of the Pilot's steps (unset: the schedule's)."},
     )
     train_pilot: str = field(
         default="auto",
@@ -132,7 +146,7 @@ class CopilotTrainingArguments:
             )
         if not 0.0 <= self.copilot_holdout_fraction < 1.0:
             raise ValueError(f"copilot_holdout_fraction must be in [0, 1), got {self.copilot_holdout_fraction!r}.")
-        if not self.copilot_steps_factor > 0:
+        if self.copilot_steps_factor is not None and not self.copilot_steps_factor > 0:
             raise ValueError(f"copilot_steps_factor must be > 0, got {self.copilot_steps_factor!r}.")
         if self.copilot_learning_rate <= 0:
             raise ValueError(f"copilot_learning_rate must be > 0, got {self.copilot_learning_rate}.")

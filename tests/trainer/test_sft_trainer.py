@@ -69,6 +69,7 @@ def test_by_default_the_pilot_trains_first_then_the_copilot_on_the_finished_pilo
     [
         ("after_pilot", 2.0, 9, 6, [False] * 3 + [True] * 6),  # the Pilot's 3 steps, then the Copilot's 6
         ("after_pilot", 0.5, 5, 2, [False] * 3 + [True] * 2),  # round(1.5) = 2
+        ("joint", None, 3, 3, [True] * 3),  # unset: the paper's Algorithm 1, both for the Pilot's steps
         ("joint", 2.0, 6, 6, [True] * 6),  # both for 3 steps, then the Copilot alone on the finished Pilot
         ("joint", 1 / 3, 3, 1, [True] + [False] * 2),
     ],
@@ -92,7 +93,7 @@ def test_a_copilot_steps_factor_that_is_not_positive_is_refused_by_name(tmp_path
         copilot_args(tmp_path, copilot_steps_factor=factor)
 
 
-@pytest.mark.parametrize(("factor", "steps"), [(1.0, 3), (2.0, 6)])
+@pytest.mark.parametrize(("factor", "steps"), [(None, 3), (2.0, 6)])  # unset: the configured steps are the Copilot's
 def test_a_frozen_pilot_has_no_pilot_phase_to_wait_for(tmp_path, factor, steps):
     args = copilot_args(tmp_path, max_steps=3, train_pilot="none", copilot_steps_factor=factor)
     trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
