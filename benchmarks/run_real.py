@@ -69,6 +69,7 @@ class RealSettings:
     lora_r: int = 16
     copilot_layers: int | None = None
     copilot_schedule: str = "after_pilot"
+    copilot_steps_factor: float | None = None  # unset: the schedule's own, resolved and stored in the block
     max_length: int = 320
     max_new_tokens: int = 128
     eval_batch_size: int = 8
@@ -279,6 +280,7 @@ def unit_joint(ctx, seed: int, objective: str) -> dict:
         args=CopilotSFTConfig(
             **training_options(settings, seed, ctx.workdir / f"seed{seed}-{objective}"),
             copilot_schedule=settings.copilot_schedule,
+            copilot_steps_factor=settings.copilot_steps_factor,
         ),
         train_dataset=Dataset.from_list(ctx.splits["train"]),
         processing_class=ctx.tokenizer,
@@ -605,7 +607,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         kind = (
             type(default[0])
             if isinstance(default, list)
-            else (int if item.name == "copilot_layers" else type(default))
+            else {"copilot_layers": int, "copilot_steps_factor": float}.get(item.name, type(default))
         )
         parser.add_argument(
             f"--{item.name.replace('_', '-')}",
@@ -675,6 +677,11 @@ def command_flags(argv: list[str]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = RealSettings(**{item.name: getattr(args, item.name) for item in dataclasses.fields(RealSettings)})
+    if settings.copilot_steps_factor is None:  # stored resolved, so a later change of the default cannot mix blocks
+        from tcopilot_peft.trainer.arguments import COPILOT_SCHEDULES
+
+        factor = COPILOT_SCHEDULES[settings.copilot_schedule].steps_factor
+        settings = dataclasses.replace(settings, copilot_steps_factor=factor)
     if args.quick:
         settings = dataclasses.replace(settings, **QUICK)
         args.workdir = Path("/tmp/run_real_quick")

@@ -11,6 +11,7 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tcopilot_peft.toy import char_tokenizer
+from tcopilot_peft.trainer.arguments import COPILOT_SCHEDULES
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -96,6 +97,9 @@ def test_every_arm_runs_and_resumes_unit_by_unit(layout):
     assert default["fusion"].startswith("logit/")
     # The Pilot alone on the validation rows, so the report can state the fused prediction's skill over it.
     assert default["pilot_validation_ce"] > 0
+    # The Copilot's phase length is the trainer's default, resolved and stored, so a later default cannot mix blocks.
+    factor = results["settings"]["copilot_steps_factor"]
+    assert factor == COPILOT_SCHEDULES["after_pilot"].steps_factor and default["steps"] == 2 + round(2 * factor)
 
     finished = {name: unit["wall_seconds"] for name, unit in results["units"].items()}
     with pytest.raises(SystemExit, match="--resume"):
@@ -111,3 +115,5 @@ def test_every_arm_runs_and_resumes_unit_by_unit(layout):
 
     with pytest.raises(SystemExit, match="other settings"):
         run_real.main(flags(layout) + ["--resume", "--max-new-tokens", "5"])
+    with pytest.raises(SystemExit, match="copilot_steps_factor"):
+        run_real.main(flags(layout) + ["--resume", "--copilot-steps-factor", str(factor + 1)])
