@@ -545,6 +545,9 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         )
         + ".",
         "",
+        "Steps of the default (b), the Pilot's and then the Copilot's on the finished Pilot (`copilot_steps_factor`), "
+        "per block: " + "; ".join(f"{key} {phase_steps(runs, seeds)}" for key, runs in results.items()) + ".",
+        "",
         OTHER_BLOCKS,
         "",
     ]
@@ -552,6 +555,12 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         name, task = key.split("/")
         lines += task_table(f"{name} Pilot, task `{task}`", runs, seeds)
     return lines + targets_lines(results, seeds) + cost_lines(results, list(results))
+
+
+def phase_steps(runs: dict, seeds: list[str]) -> str:
+    """The default arm's Pilot and Copilot steps, `P + C`, as its seeds ran them (one value when they agree)."""
+    phases = {f"{r['pilot_steps']} + {r['steps'] - r['pilot_steps']}" for r in (runs[s]["default"] for s in seeds)}
+    return " / ".join(sorted(phases))
 
 
 OTHER_BLOCKS = (
