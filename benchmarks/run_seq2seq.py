@@ -9,13 +9,21 @@ For every seed, on the same data, steps and seed:
   (f) a logit ensemble of the Pilot (a) with a small T5 of the Copilot's depth (the Pilot's embeddings and head, its
       encoder and decoder blocks at the indices the Copilot copies) fine-tuned alone; w chosen on validation.
   (h) with `--hidden`, an ablation: (b) with `copilot_same_position="hidden"` (the Pilot's pooled decoder state at
-      the Copilot's own position added to its stream), the same seeded Pilot run; paired against (b).
+      the Copilot's own position added to its stream); paired against (b).
+  (t) with `--token-hidden`, an ablation: (b) with `copilot_same_position="token_hidden"` (the decoder's input token
+      at the Copilot's own position, and that pooled state); paired against (b).
+
+An ablation arm trains only its Copilot, for as many steps as (b)'s, on (b)'s finished Pilot (saved in the unit's
+workdir as `b/pilot`, loaded, frozen: `train_pilot="none"`), so the two arms correct the same Pilot. A workdir from
+before (b)'s Pilot was saved has none: the arm then retrains the whole seeded run (Pilot and Copilot), whose Pilot
+may differ from (b)'s; which of the two ran, and whether the Pilot-alone answers equal (b)'s, is recorded and reported.
 
 Greedy decoding; answer-level accuracy; gains paired per item. Writes `benchmarks/RESULTS_T5.md` (and `.json`). Each
 (task, seed) unit is kept in the workdir as it finishes; `--resume` keeps the finished ones.
 
     python benchmarks/run_seq2seq.py --epochs 6 --resume   # the committed RESULTS_T5.md
     python benchmarks/run_seq2seq.py --epochs 6 --resume --hidden   # + the (h) ablation of every seed
+    python benchmarks/run_seq2seq.py --epochs 6 --resume --token-hidden   # + the (t) ablation of every seed
     python benchmarks/run_seq2seq.py --quick               # a smoke run (minutes)
 """
 
@@ -54,6 +62,11 @@ from tcopilot_peft.generation import generate_greedy
 HERE = Path(__file__).resolve().parent
 PILOT = HERE / "pilots" / "t5"
 log = stamped_log("t5")
+# The ablation arms: (b) with another `copilot_same_position`, keyed by that value (which also names the arm's fields
+# in the results), with the arm's letter.
+ABLATIONS = {"hidden": "h", "token_hidden": "t"}
+# Where (b)'s finished Pilot is kept in a unit's workdir, for the ablation arms to reuse.
+FINISHED_PILOT = Path("b") / "pilot"
 
 
 def training_options(seed: int, epochs: float, output_dir: Path, **overrides) -> dict:
@@ -66,17 +79,27 @@ def score(model, tokenizer, rows: list[dict], budget: int, arm: str) -> list[boo
 
 
 def joint_arm(
-    splits, seed: int, epochs: float, workdir: Path, copilot: CopilotConfig | None = None
+    splits, seed: int, epochs: float, workdir: Path, copilot: CopilotConfig | None = None, arm: str = "b"
 ) -> tuple[dict, nn.Module]:
     """(a) and (b): one training run (the Pilot, then its Copilot); λ on validation; the test split scored with the
-    Copilot off and on. `copilot` replaces the default Copilot (an ablation arm; the Pilot's phase is unchanged)."""
-    tokenizer = AutoTokenizer.from_pretrained(PILOT)
+    Copilot off and on. (b)'s finished Pilot is kept in the workdir (`FINISHED_PILOT`). `copilot` replaces the default
+    Copilot (an ablation arm, `arm` its letter, retrained whole; the Pilot's phase is unchanged)."""
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(PILOT), copilot or CopilotConfig())
+    run, _ = trained_run(model, splits, training_options(seed, epochs, workdir / arm))
+    if copilot is None:
+        model.base_model.model.save_pretrained(workdir / FINISHED_PILOT)
+    return run, model
+
+
+def trained_run(model, splits, options: dict) -> tuple[dict, CopilotSeq2SeqTrainer]:
+    """Train `model` (Pilot and Copilot, or as `options` say) with `CopilotSeq2SeqTrainer`, choose λ on validation
+    and score the test split with the Copilot off and on."""
+    tokenizer = AutoTokenizer.from_pretrained(PILOT)
     timer = StepTimer()
     trainer = CopilotSeq2SeqTrainer(
         model=model,
-        args=CopilotSeq2SeqConfig(**training_options(seed, epochs, workdir / ("b" if copilot is None else "h"))),
+        args=CopilotSeq2SeqConfig(**options),
         train_dataset=seq2seq_rows(tokenizer, splits["train"]),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model.base_model.model),
         processing_class=tokenizer,
@@ -100,20 +123,36 @@ def joint_arm(
         "tokens_per_second_ratio": speed["fused"] / speed["pilot"],
         "seconds": sum(timer.times),
         "pilot_steps": trainer.pilot_steps,
+        "copilot_steps": trainer.copilot_steps,
         "copilot_parameters": sum(p.numel() for p in model.base_model.copilot_model.parameters()),
         "pilot_parameters": sum(p.numel() for p in model.base_model.model.parameters()),
         "copilot_layers": config.num_layers,
         "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
     }
-    return run, model
+    return run, trainer
 
 
-def hidden_arm(splits, seed: int, epochs: float, workdir: Path, pilot: list[bool]) -> dict:
-    """(h), an ablation: the same run with `copilot_same_position="hidden"` (the Pilot's pooled state at the
-    Copilot's own position added to its stream). The Pilot's phase is the same seeded run as (b)'s; whether its
-    Pilot-alone answers equal (b)'s (the two arms then correct the same Pilot) is recorded and reported."""
-    run, _ = joint_arm(splits, seed, epochs, workdir, CopilotConfig(copilot_same_position="hidden"))
-    return {"hidden": run["fused"], "hidden_lambda": run["lambda"], "hidden_same_pilot": run["pilot"] == pilot}
+def ablation_arm(splits, seed: int, epochs: float, workdir: Path, same_position: str, pilot: list[bool]) -> dict:
+    """An ablation arm (`ABLATIONS`): (b) with `copilot_same_position=same_position`. Its Copilot alone trains, for
+    (b)'s Copilot steps, on (b)'s finished Pilot (frozen), when the workdir keeps it; otherwise the whole seeded run is
+    retrained. Which ran, and whether its Pilot-alone answers equal (b)'s `pilot`, is recorded."""
+    copilot, arm = CopilotConfig(copilot_same_position=same_position), ABLATIONS[same_position]
+    finished = workdir / FINISHED_PILOT
+    if (finished / "config.json").exists():
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(finished), copilot)
+        run, _ = trained_run(model, splits, training_options(seed, epochs, workdir / arm, train_pilot="none"))
+        source = "reused"
+    else:
+        run, _ = joint_arm(splits, seed, epochs, workdir, copilot, arm)
+        source = "retrained"
+    return {
+        same_position: run["fused"],
+        f"{same_position}_lambda": run["lambda"],
+        f"{same_position}_same_pilot": run["pilot"] == pilot,
+        f"{same_position}_pilot_source": source,
+        f"{same_position}_copilot_steps": run["copilot_steps"],
+    }
 
 
 def plain_step_seconds(splits, seed: int, workdir: Path) -> float:
@@ -164,9 +203,9 @@ def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model,
     }
 
 
-def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict, save, hidden: bool) -> dict:
-    """Every seed of `task` not already in `runs` (a resumed run's finished units), then the (h) ablation of each
-    seed when `hidden` is set; `save()` after each unit."""
+def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict, save, ablations: list[str]) -> dict:
+    """Every seed of `task` not already in `runs` (a resumed run's finished units), then each of the `ablations` arms
+    (`ABLATIONS` keys) of each seed not already there; `save()` after each unit."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     splits["budget"] = max(len(tokenizer(r["completion"]).input_ids) for r in splits["train"]) + 8
@@ -183,12 +222,14 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict
         run.update(ensemble_arm(splits, seed, sizes["epochs"], seed_dir, model, run["copilot_layers"]))
         runs[str(seed)] = run
         save()
-    for seed in seeds if hidden else []:
-        run = runs[str(seed)]
-        if "hidden" not in run:
-            log(f"{task} seed {seed}: (h) the Copilot with copilot_same_position='hidden'")
-            run.update(hidden_arm(splits, seed, sizes["epochs"], workdir / f"{task}-{seed}", run["pilot"]))
-            save()
+    for same_position in ablations:
+        for seed in seeds:
+            run = runs[str(seed)]
+            if same_position not in run:
+                log(f"{task} seed {seed}: ({ABLATIONS[same_position]}) copilot_same_position={same_position!r}")
+                seed_dir = workdir / f"{task}-{seed}"
+                run.update(ablation_arm(splits, seed, sizes["epochs"], seed_dir, same_position, run["pilot"]))
+                save()
     return runs
 
 
@@ -203,16 +244,21 @@ def arm_row(name: str, per_seed: list[dict], arm: str) -> str:
     return f"| {name} | {accuracy} | {mean_std([g['gain_points'] for g in gains])} ({listed}) | {fixed} / {broken} |"
 
 
-def hidden_rows(per_seed: list[dict]) -> list[str]:
-    """The (h) ablation's row, with its paired gain over (b), where every seed has it."""
-    if not all("hidden" in r for r in per_seed):
+def ablation_rows(per_seed: list[dict], same_position: str) -> list[str]:
+    """An ablation arm's row, with its paired gain over (b), where every seed has it. Its Pilot per seed: (b)'s reused
+    or retrained (runs from before the choice existed retrained)."""
+    if not all(same_position in r for r in per_seed):
         return []
-    versus = [paired_gain(r["fused"], r["hidden"])["gain_points"] for r in per_seed]
+    arm = ABLATIONS[same_position]
+    versus = [paired_gain(r["fused"], r[same_position])["gain_points"] for r in per_seed]
     listed = ", ".join(f"{g:+.1f}" for g in versus)
-    lambdas, same = [r["hidden_lambda"] for r in per_seed], [r["hidden_same_pilot"] for r in per_seed]
+    lambdas = [r[f"{same_position}_lambda"] for r in per_seed]
+    same = [r[f"{same_position}_same_pilot"] for r in per_seed]
+    sources = [r.get(f"{same_position}_pilot_source", "retrained") for r in per_seed]
     return [
-        arm_row('(h) ablation: `copilot_same_position="hidden"`', per_seed, "hidden"),
-        f"| (h) − (b), paired | – | {mean_std(versus)} ({listed}) | λ {lambdas}; same Pilot as (b): {same} |",
+        arm_row(f'({arm}) ablation: `copilot_same_position="{same_position}"`', per_seed, same_position),
+        f"| ({arm}) − (b), paired | – | {mean_std(versus)} ({listed}) | λ {lambdas}; same Pilot as (b): {same}; "
+        f"(b)'s Pilot: {sources} |",
     ]
 
 
@@ -227,7 +273,7 @@ def task_lines(task: str, per_seed: list[dict]) -> list[str]:
         arm_row("(a) Pilot alone", per_seed, "pilot"),
         arm_row("(b) Pilot + Copilot (defaults)", per_seed, "fused"),
         arm_row("(f) logit ensemble with a small T5", per_seed, "ensemble"),
-        *hidden_rows(per_seed),
+        *(row for same_position in ABLATIONS for row in ablation_rows(per_seed, same_position)),
         "",
         f"λ per seed: {[r['lambda'] for r in per_seed]}; ensemble w: {[r['ensemble_weight'] for r in per_seed]}."
         f" Copilot {first['copilot_parameters'] / 1e3:.0f}k parameters ({first['copilot_layers']} T5 decoder blocks) "
@@ -278,6 +324,9 @@ def main() -> None:
     parser.add_argument(
         "--hidden", action="store_true", help="add the (h) ablation arm: copilot_same_position='hidden'"
     )
+    parser.add_argument(
+        "--token-hidden", action="store_true", help="add the (t) ablation arm: copilot_same_position='token_hidden'"
+    )
     args = parser.parse_args()
     PILOT = args.pilot
     if not (PILOT / "config.json").exists():
@@ -296,7 +345,8 @@ def main() -> None:
         partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
 
     for task in args.tasks:
-        run_task(task, args.seeds, sizes, args.workdir, results[task], save, args.hidden)
+        ablations = [name for name, wanted in (("hidden", args.hidden), ("token_hidden", args.token_hidden)) if wanted]
+        run_task(task, args.seeds, sizes, args.workdir, results[task], save, ablations)
     wall = previous_seconds + time.perf_counter() - began
     command = " ".join(["python benchmarks/run_seq2seq.py", *sys.argv[1:]])
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -88,9 +88,9 @@ class CopilotConfig(PeftConfig):
             `"none"` nothing; `"token"` X̃_t, the Pilot's input embedding at t, added to it; `"token_hidden"` X̃_t as
             `"token"` and the pooled Pilot state h_t through a zero-initialised projection (EAGLE's
             fc(cat(token, feature)), written as a sum), so a new Copilot starts as a `"token"` one; `"hidden"` h_t
-            alone, through that map. A T5 Copilot takes `"none"` and `"hidden"` (its X̃ is the encoder's output, not
-            a token at t). Unset, the Pilot family's default (`"token_hidden"` for Llama, Qwen2 and Mistral, `"none"`
-            for T5), recorded in the config when the adapter is created.
+            alone, through that map. For a T5 Pilot the token at t is the decoder's input token there (its X̃, the
+            encoder's output, has no decoder position). Unset, the Pilot family's default (`"token_hidden"` for
+            Llama, Qwen2 and Mistral, `"none"` for T5), recorded in the config when the adapter is created.
         dropout (`float`, defaults to 0.0):
             Dropout on the Copilot's attention and MLP outputs while training.
         prob_floor (`float`, defaults to 1e-10):

@@ -25,7 +25,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 from .bnb import base_linear
 from .causal import CausalRunner
 from .config import CopilotConfig
-from .network import TOKEN_PATHS, CopilotNetwork, CopilotNetworkConfig
+from .network import CopilotNetwork, CopilotNetworkConfig
 from .network_t5 import T5CopilotNetwork, T5CopilotNetworkConfig
 from .seq2seq import Seq2SeqRunner
 
@@ -104,11 +104,6 @@ def _t5_architecture(pilot: nn.Module, source: nn.Module, config: CopilotConfig,
         raise ValueError(
             f"CopilotConfig.copilot_positions={config.copilot_positions!r} does not apply to a T5 Pilot: its Copilot "
             "always has T5's relative position bias; leave it 'none'."
-        )
-    if config.copilot_same_position in TOKEN_PATHS:
-        raise ValueError(
-            f"CopilotConfig.copilot_same_position={config.copilot_same_position!r} is not supported for a T5 Pilot: "
-            "its Copilot does not read the decoder's token embeddings; 'hidden' (h_t alone) or 'none'."
         )
     shape = source.config
     return T5CopilotNetworkConfig(
@@ -222,7 +217,7 @@ FAMILIES: dict[str, PilotFamily] = {
         # Every linear layer: T5's projections are named q/k/v/o/wi/wo, not the Llama family's.
         lora_targets="all-linear",
         auto_class="AutoModelForSeq2SeqLM",
-        # Its relative position bias is always there; its h_t path ("hidden") is not measured yet, so off.
+        # Its relative position bias is always there; its same-position paths are not measured yet, so off.
         copilot_defaults={"copilot_positions": "none", "copilot_same_position": "none"},
     ),
 }

@@ -1,6 +1,6 @@
 """The Copilot network for encoder-decoder Pilots (T5, T5 v1.1, FLAN-T5): the T5 decoder stack (SPEC §4.3).
 
-    error_embeds (ℓ_{<i}·E, d_P) ──input_proj──►  x  (d_C)
+    error_embeds (ℓ_{<i}·E, d_P) [+ E·y_{t−1}] ──input_proj──►  x  (d_C)   [+ hidden_proj(norm(h_t))]
     for every block:
         x = x + SelfAttn(norm(x))                  causal, with T5's relative position bias
         x = x + CrossAttn(norm(x), memory)         memory = [encoder output ; mean_l h_l], the h part causally masked
@@ -14,8 +14,13 @@ Choices where the paper is silent:
 * **Position.** The self-attention uses T5's bucketed relative position bias (one table, from the source's first
   block, shared by every block as in T5) over the Copilot's own positions: the copied attention weights were trained
   with it. The cross-attention has none, as in T5; the pooled states carry their positions.
-* **Same position.** With `copilot_same_position="hidden"` the input at t also gets the pooled decoder state h_t
-  through a zero-initialised map (as the decoder-only Copilot's); there is no token path (X̃ is the encoder output).
+* **Same position.** As the decoder-only Copilot's (`copilot_same_position`): `"token"` adds the decoder's input
+  embedding at t (E·y_{t−1}, the row of T5's shared embedding the Pilot's decoder reads there, unscaled as T5 reads it;
+  the target at t − 1, never the one at t) to the feed before `input_proj`; `"hidden"` adds the pooled decoder state
+  h_t through a zero-initialised map; `"token_hidden"` both. The encoder output, the X̃ of an encoder-decoder Pilot,
+  has no position of the decoder's, so the token comes in with it: with a token path, `memory_x` is the encoder output
+  followed on the sequence axis by the decoder's input embeddings at the call's positions (`key_valid`'s length says
+  where one ends).
 * **Scale.** Attention scores are not divided by √d, T5's convention (its weights are initialised for it).
 * **Masks.** The encoder part of the memory is masked by the encoder's attention mask (`key_valid`); the
   pooled-state part is causal, so position t reads the Pilot's decoder states at positions ≤ t only (no future
@@ -57,7 +62,7 @@ class T5CopilotNetworkConfig:
     relative_attention_max_distance: int = 128
     rms_norm_eps: float = 1e-6
     dropout: float = 0.0
-    same_position: str = "none"  # `CopilotConfig.copilot_same_position`: "none" or "hidden" (no token path here)
+    same_position: str = "none"  # `CopilotConfig.copilot_same_position`
     family: str = "t5"
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,12 +151,11 @@ class T5CopilotBlock(nn.Module):
 
 class T5CopilotNetwork(CopilotNetwork):
     """The Copilot of a T5-family Pilot. `forward` takes what `CopilotNetwork.forward` takes, with two differences
-    of meaning: `memory_x` is the encoder output `(batch, source_length, d_P)`, the same at every call, and
-    `key_valid` is the encoder's attention mask `(batch, source_length)`."""
+    of meaning: `memory_x` is the encoder output `(batch, source_length, d_P)`, the same at every call, followed with a
+    token path by the decoder's input embeddings at the call's n positions (`(batch, source_length + n, d_P)` in all),
+    and `key_valid` is the encoder's attention mask `(batch, source_length)`."""
 
     def __init__(self, config: T5CopilotNetworkConfig):
-        if config.same_position in TOKEN_PATHS:
-            raise ValueError(f"A T5 Copilot has no token path: same_position={config.same_position!r}.")
         super().__init__(config)
         self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
         nn.init.normal_(self.relative_attention_bias.weight, std=config.hidden_size**-0.5)  # T5's initialiser
@@ -166,8 +170,10 @@ class T5CopilotNetwork(CopilotNetwork):
 
     @staticmethod
     def memory_span(memory_x, key_valid, start: int, end: int, past: int):
-        """The encoder output and its mask, whole: every position reads all of it."""
-        return memory_x, key_valid
+        """The encoder output and its mask, whole (every position reads all of it), and the decoder's input
+        embeddings at positions `start:end` when `memory_x` carries them."""
+        source = key_valid.shape[1]
+        return torch.cat([memory_x[:, :source], memory_x[:, source:][:, start:end]], dim=1), key_valid
 
     @staticmethod
     def scratch_cache():
@@ -196,9 +202,14 @@ class T5CopilotNetwork(CopilotNetwork):
         cache_offset: int = 0,
     ) -> torch.Tensor:
         dtype = self.input_proj.weight.dtype
-        # X̃ here is the encoder's output, not a per-position token: only the h_t path reads the decoder's position.
-        x = self._inputs(error_embeds.to(dtype), None, memory_h.to(dtype))
-        batch, length = x.shape[:2]
+        batch, length = error_embeds.shape[:2]
+        memory_x, tokens = memory_x[:, : key_valid.shape[1]], memory_x[:, key_valid.shape[1] :]
+        if self.same_position in TOKEN_PATHS and tokens.shape[1] != length:
+            raise ValueError(
+                f"A T5 Copilot with same_position={self.same_position!r} reads the decoder's input embeddings at its "
+                f"{length} positions after the encoder output in memory_x; got {tokens.shape[1]}."
+            )
+        x = self._inputs(error_embeds.to(dtype), tokens.to(dtype), memory_h.to(dtype))
         past = cache.self_attention_cache.get_seq_length(cache_offset) if cache is not None else 0
         encoder_cached = cache is not None and cache.cross_attention_cache.get_seq_length(cache_offset) > 0
         encoder = None if encoder_cached else self.memory_proj(self.memory_x_norm(memory_x.to(dtype)))

@@ -22,7 +22,8 @@ class CopilotOutputFields:
         copilot_loss: the Copilot's training loss, its config's `copilot_loss` (teacher-forced with `labels`; no
             gradient reaches the Pilot).
         copilot_memory_x, copilot_memory_h: with `labels`, detached X̃ (the input embeddings of a decoder-only Pilot,
-            the encoder output of an encoder-decoder one) and layer-pooled Pilot states, the Mistake Log's inputs.
+            the encoder output of an encoder-decoder one, followed with a token path by the decoder's input
+            embeddings) and layer-pooled Pilot states, the Mistake Log's inputs.
     """
 
     pilot_logits: torch.Tensor | None = None

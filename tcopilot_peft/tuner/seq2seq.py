@@ -8,7 +8,10 @@ Copilot needs no p̂ of this call, as in the decoder-only runner); the Copilot t
 * the memory: the encoder output (the paper's X̃ for an encoder-decoder Pilot) under the encoder's attention mask,
   and the layer-pooled decoder states at positions ≤ t;
 * its input: the Pilot's error at position t − 1 (teacher-forced: onehot(y) − p̂; at inference, for the token
-  actually generated, or its own previous output).
+  actually generated, or its own previous output), and with a same-position path what the decoder has at t: its
+  input token's embedding (the target at t − 1, looked up from the decoder's input ids, as at replay from the logged
+  ones) and h_t. The token embeddings travel after the encoder output in the Copilot's `memory_x`
+  (`T5CopilotNetwork`), so the trainer and the Mistake Log's replay pass them on unchanged.
 
 Targets are the labels themselves (decoder position t predicts `labels[:, t]`). At inference the decoder's prompt is
 its start token (or the `decoder_input_ids` given to `generate`), so every later decoder position is a generated one:
@@ -26,6 +29,7 @@ from torch import nn
 from ..fusion import IGNORE_INDEX, PilotPrediction, undefined_predictions
 from .cache import CACHE_FIELD, CopilotCacheView
 from .layer import LayerPool, generated_positions
+from .network import TOKEN_PATHS
 from .outputs import CopilotSeq2SeqLMOutput
 
 
@@ -52,10 +56,24 @@ class Seq2SeqRunner:
         return decoder_prompt.shape[1] if decoder_prompt is not None else DECODER_PROMPT_LENGTH
 
     def replay_memory(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """X̃ and its key mask for a Mistake Log batch: the encoder's output, recomputed from the logged source ids."""
+        """X̃ and its key mask for a Mistake Log batch: the encoder's output, recomputed from the logged source ids
+        (and, with a token path, the decoder's input embeddings, from the logged decoder ids)."""
         encoder = self.tuner.model.get_encoder()
         memory_x = encoder(input_ids=batch.source_ids, attention_mask=batch.source_mask).last_hidden_state
-        return memory_x, batch.source_mask
+        return self._with_tokens(memory_x, batch.input_ids), batch.source_mask
+
+    def _with_tokens(self, encoder: torch.Tensor, decoder_ids, decoder_embeds=None, labels=None) -> torch.Tensor:
+        """The Copilot's `memory_x`: the encoder output, followed by the decoder's input embeddings when the active
+        Copilot has a token path: the given ones, or its ids (built from `labels` as the Pilot builds them when not
+        given) looked up in the shared embedding, which T5's decoder reads unscaled."""
+        tuner = self.tuner
+        if tuner.active_network.same_position not in TOKEN_PATHS:
+            return encoder
+        if decoder_embeds is None:
+            if decoder_ids is None:
+                decoder_ids = tuner.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            decoder_embeds = tuner.family.module(tuner.model, "embedding")(decoder_ids)
+        return torch.cat([encoder, decoder_embeds.detach().to(encoder.dtype)], dim=1)
 
     def forward(
         self,
@@ -91,14 +109,17 @@ class Seq2SeqRunner:
             attention_mask.bool() if attention_mask is not None else torch.ones(encoder.shape[:2], dtype=torch.bool)
         ).to(encoder.device)
         token_embeds, memory_h = pool.first_input, pool.mean()  # the decoder's input embeddings: its tokens' ŷ·E
+        memory_x = self._with_tokens(
+            encoder, kwargs.get("decoder_input_ids"), kwargs.get("decoder_inputs_embeds"), labels
+        )
         if labels is None:
-            fields = self._inference(pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length)
+            fields = self._inference(pilot_out, memory_x, memory_h, key_valid, token_embeds, prompt_length)
         elif teacher_forcing:
-            fields = self._teacher_forced(pilot_out, encoder, memory_h, key_valid, labels)
+            fields = self._teacher_forced(pilot_out, memory_x, memory_h, key_valid, labels)
         else:
             fields = {"pilot_target_logits": pilot_out.logits[labels != IGNORE_INDEX]}
         if labels is not None:
-            fields.update(loss=pilot_out.loss, copilot_memory_x=encoder, copilot_memory_h=memory_h)
+            fields.update(loss=pilot_out.loss, copilot_memory_x=memory_x, copilot_memory_h=memory_h)
         return CopilotSeq2SeqLMOutput(
             **{CACHE_FIELD: pilot_out.get(CACHE_FIELD)},
             decoder_hidden_states=pilot_out.decoder_hidden_states if keep_hidden else None,
@@ -107,12 +128,12 @@ class Seq2SeqRunner:
             **fields,
         )
 
-    def _teacher_forced(self, pilot_out, encoder, memory_h, key_valid, labels) -> dict:
+    def _teacher_forced(self, pilot_out, memory_x, memory_h, key_valid, labels) -> dict:
         tuner = self.tuner
         tuner.warn_once_pilot_loss()
         logits = pilot_out.logits
         correction, copilot_loss = tuner.copilot_teacher_forced(
-            encoder, memory_h, key_valid, labels, PilotPrediction.from_logits(logits), full_correction=True
+            memory_x, memory_h, key_valid, labels, PilotPrediction.from_logits(logits), full_correction=True
         )
         return {
             "logits": tuner.fuse(logits, correction),
@@ -122,7 +143,7 @@ class Seq2SeqRunner:
             "copilot_loss": copilot_loss,
         }
 
-    def _inference(self, pilot_out, encoder, memory_h, key_valid, token_embeds, prompt_length) -> dict:
+    def _inference(self, pilot_out, memory_x, memory_h, key_valid, token_embeds, prompt_length) -> dict:
         """Algorithm 2 over this call's decoder positions, continuing from the cache when there is one. The Pilot's
         forward ran without its LM head (`pilot_out.logits` holds the head's input)."""
         tuner = self.tuner
@@ -147,7 +168,7 @@ class Seq2SeqRunner:
             logits = head(hidden)
             undefined = undefined_predictions(logits)
         u = layer.inference(
-            encoder, memory_h, key_valid, token_embeds, generated, view, feed, logits, undefined, top_k
+            memory_x, memory_h, key_valid, token_embeds, generated, view, feed, logits, undefined, top_k
         )
         if logits is not None:
             correction = layer.head(u)

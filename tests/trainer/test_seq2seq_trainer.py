@@ -58,6 +58,19 @@ def test_training_logs_both_losses_and_fills_the_mistake_log(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.copilot_parameters()))
 
 
+@pytest.mark.parametrize("policy", ["current", "uniform"])
+def test_the_token_path_trains_on_the_fresh_forward_and_on_the_log(tmp_path, policy):
+    """With a token path the Copilot's X̃ carries the decoder's input embeddings: the fresh forward hands them over,
+    the log's replay rebuilds them from the logged decoder ids."""
+    model = get_peft_model(t5(), CopilotConfig(copilot_same_position="token_hidden"))
+    trainer = make_trainer(tmp_path, model, max_steps=2, logging_steps=1, mistake_log_sampling=policy)
+    before = [p.detach().clone() for p in trainer.copilot_parameters()]
+    trainer.train()
+    losses = [entry["copilot_loss"] for entry in trainer.state.log_history if "copilot_loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.copilot_parameters()))
+
+
 def test_the_copilot_never_changes_the_pilots_training(tmp_path):
     trainer = make_trainer(tmp_path / "copilot", get_peft_model(t5(), CopilotConfig()), max_steps=3)
     trainer.train()
@@ -86,11 +99,11 @@ def test_a_lora_pilot_trains_only_lora_and_the_copilot(tmp_path):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("same_position", ["none", "hidden"])
+@pytest.mark.parametrize("same_position", ["none", "token", "hidden", "token_hidden"])
 def test_the_log_replays_the_dense_loss(same_position):
     model = get_peft_model(t5(), CopilotConfig(copilot_same_position=same_position))
     model.base_model.active_network.output_proj.weight.normal_(std=0.05)
-    if same_position == "hidden":
+    if same_position in ("hidden", "token_hidden"):
         model.base_model.active_network.hidden_proj.weight.normal_(std=0.05)
     batch = DataCollatorForSeq2Seq(TOKENIZER, model=model.base_model.model)(list(seq2seq_dataset(3)))
     out = model(**batch, copilot_teacher_forcing=False)

@@ -238,16 +238,15 @@ def test_bad_values_of_the_new_fields_are_refused_with_the_field_named(kwargs, m
         CopilotConfig(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(copilot_positions="rotary"), "copilot_positions='rotary' does not apply to a T5 Pilot"),
-        (dict(copilot_same_position="token"), "copilot_same_position='token' is not supported for a T5 Pilot"),
-    ],
-)
-def test_t5_pilots_refuse_the_options_with_the_reason(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        get_peft_model(tiny_t5(), CopilotConfig(task_type="SEQ_2_SEQ_LM", **kwargs))
+def test_t5_pilots_refuse_rotary_positions_with_the_reason():
+    with pytest.raises(ValueError, match="copilot_positions='rotary' does not apply to a T5 Pilot"):
+        get_peft_model(tiny_t5(), CopilotConfig(task_type="SEQ_2_SEQ_LM", copilot_positions="rotary"))
+
+
+@pytest.mark.parametrize("same_position", ["token", "hidden", "token_hidden"])
+def test_t5_pilots_take_every_same_position_path(same_position):
+    model = get_peft_model(tiny_t5(), CopilotConfig(task_type="SEQ_2_SEQ_LM", copilot_same_position=same_position))
+    assert model.base_model.active_network.same_position == same_position
 
 
 # ------------------------------------------------------------------ training

@@ -2,6 +2,8 @@
 Copilot from the Pilot's decoder blocks, generation with every strategy runs fused, cached == uncached, λ = 0 and
 `disable_adapter` give the Pilot exactly, no future label leaks into the Copilot, and adapters round-trip."""
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -38,8 +40,9 @@ def copilot_t5(variant="flan-t5", **config):
     return model.eval()
 
 
-# The T5 Copilot's same-position options: the feed alone, and the pooled decoder state h_t added at its position.
-SAME_POSITION = ["none", "hidden"]
+# The T5 Copilot's same-position options: the feed alone, the decoder's input token at t (the target at t − 1), the
+# pooled decoder state h_t, and both.
+SAME_POSITION = ["none", "token", "hidden", "token_hidden"]
 
 
 @pytest.mark.parametrize("variant", sorted(T5_VARIANTS))
@@ -90,8 +93,9 @@ def test_lambda_zero_and_disabled_adapter_are_the_pilot_exactly():
 
 
 @torch.no_grad()
-def test_a_forward_scores_a_generated_target_as_generation_did():
-    model = copilot_t5(inference_feed="copilot")
+@pytest.mark.parametrize("same_position", ["none", "token_hidden"])
+def test_a_forward_scores_a_generated_target_as_generation_did(same_position):
+    model = copilot_t5(inference_feed="copilot", copilot_same_position=same_position)
     ids, mask = inputs()
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=6, output_scores=True, return_dict_in_generate=True
@@ -116,8 +120,9 @@ def test_no_future_label_reaches_the_copilot(same_position):
 
 
 @torch.no_grad()
-def test_padded_encoder_tokens_are_not_read():
-    model = copilot_t5()
+@pytest.mark.parametrize("same_position", ["none", "token_hidden"])
+def test_padded_encoder_tokens_are_not_read(same_position):
+    model = copilot_t5(copilot_same_position=same_position)
     ids, mask = inputs()
     decoder = torch.randint(3, VOCAB, (3, 5))
     before = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
@@ -136,30 +141,77 @@ def test_the_copilot_loss_trains_the_copilot_only():
     assert all(p.grad is None for p in model.base_model.model.parameters())
 
 
-@pytest.mark.parametrize(("task_type", "same_position"), [("CAUSAL_LM", "none"), ("SEQ_2_SEQ_LM", "hidden")])
+@pytest.mark.parametrize(
+    ("task_type", "same_position"),
+    [("CAUSAL_LM", "none"), ("SEQ_2_SEQ_LM", "hidden"), ("SEQ_2_SEQ_LM", "token_hidden")],
+)
 def test_round_trip_restores_identical_outputs(tmp_path, task_type, same_position):
     model = copilot_t5(task_type=task_type, copilot_same_position=same_position)
     ids, mask = inputs()
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
     model.save_pretrained(tmp_path)
+    assert model.peft_config["default"].copilot_architecture["same_position"] == same_position
     loaded = PeftModel.from_pretrained(tiny_t5(), tmp_path).eval()
+    assert loaded.peft_config["default"].copilot_same_position == same_position
     assert torch.equal(loaded.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2), reference)
 
 
+def test_an_adapter_saved_before_the_same_position_field_loads_without_a_path(tmp_path):
+    model = copilot_t5(copilot_same_position="none")
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["copilot_same_position"], saved["copilot_architecture"]["same_position"]
+    config_path.write_text(json.dumps(saved))
+    loaded = PeftModel.from_pretrained(tiny_t5(), tmp_path).eval()
+    assert loaded.peft_config["default"].copilot_same_position == "none"
+    ids, mask = inputs()
+    decoder = torch.randint(3, VOCAB, (3, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits,
+            model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits,
+            rtol=0,
+            atol=0,
+        )
+
+
 @torch.no_grad()
-def test_the_hidden_path_reads_h_t_and_starts_as_the_feed_alone():
-    """h_t enters through a zero-initialised map: a new `"hidden"` Copilot computes what a `"none"` one does; with
-    weights in that map, the correction changes."""
+def test_the_same_position_paths_change_the_correction_and_h_t_starts_at_zero():
+    """The token at t enters at once (in the feed's space, before `input_proj`), so a `"token"` Copilot corrects
+    otherwise than a `"none"` one with the same weights; h_t enters through a zero-initialised map, so a new
+    `"hidden"` Copilot computes what a `"none"` one does, a new `"token_hidden"` what a `"token"` one does, and with
+    weights in that map the correction changes."""
     ids, mask = inputs()
     decoder = torch.randint(3, VOCAB, (3, 5))
     new = {}
     for option in SAME_POSITION:
         model = get_peft_model(tiny_t5(), CopilotConfig(copilot_same_position=option))
         randomise_copilot(model)
-        new[option] = model.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits
+        new[option] = model.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).copilot_logits
     torch.testing.assert_close(new["hidden"], new["none"], rtol=0, atol=0)
-    trained = copilot_t5(copilot_same_position="hidden")(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
-    assert not torch.allclose(trained.logits, new["none"])
+    torch.testing.assert_close(new["token_hidden"], new["token"], rtol=0, atol=0)
+    assert not torch.allclose(new["token"], new["none"])
+    for option, before in (("hidden", "none"), ("token_hidden", "token")):
+        trained = copilot_t5(copilot_same_position=option)
+        after = trained(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).copilot_logits
+        assert not torch.allclose(after, new[before]), option
+
+
+@torch.no_grad()
+def test_the_token_path_reads_the_decoder_input_at_its_own_position():
+    """Inside the network the token at position t feeds position t and, through attention, the later ones only."""
+    network = copilot_t5(copilot_same_position="token").base_model.active_network
+    g = torch.Generator().manual_seed(0)
+    feed, memory_h, tokens = (torch.randn(2, 5, 32, generator=g) for _ in range(3))
+    encoder, valid = torch.randn(2, 4, 32, generator=g), torch.ones(2, 4, dtype=torch.bool)
+    first = network(feed, torch.cat([encoder, tokens], 1), memory_h, valid)
+    tokens[:, 2] += 1.0
+    second = network(feed, torch.cat([encoder, tokens], 1), memory_h, valid)
+    torch.testing.assert_close(first[:, :2], second[:, :2], rtol=0, atol=0)
+    assert not torch.allclose(first[:, 2], second[:, 2])
+    with pytest.raises(ValueError, match="reads the decoder's input embeddings at its 5 positions .* got 0"):
+        network(feed, encoder, memory_h, valid)
 
 
 def test_copilots_do_not_cross_between_families(tmp_path):
