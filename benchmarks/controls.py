@@ -27,10 +27,11 @@ def copilot_layer_indices(num_pilot_layers: int, num_copilot_layers: int) -> lis
     return [round(i * last / (num_copilot_layers - 1)) for i in range(num_copilot_layers)]
 
 
-def fine_tuned_small_model(settings, train, output_dir, copilot_layers: int):
+def fine_tuned_small_model(settings, train, output_dir, copilot_layers: int, steps_factor: float = 1.0):
     """(f)'s small model, trained: the Pilot layers a default Copilot of `copilot_layers` blocks copies, fine-tuned
-    fully and alone on `train` for the Pilot's epochs at the Copilot's learning rate (cosine, 5 % warm-up), seeded as
-    the joint run is. `settings` is the demo pipeline's `DemoSettings`. Returns the model and its tokenizer."""
+    fully and alone on `train` for `steps_factor` × the Pilot's epochs (as many steps as the Copilot it is compared
+    with learns for) at the Copilot's learning rate (cosine, 5 % warm-up), seeded as the joint run is. `settings` is
+    the demo pipeline's `DemoSettings`. Returns the model and its tokenizer."""
     from tcopilot_peft.demo.pipeline import plain_sft
 
     torch.manual_seed(settings.seed)
@@ -42,7 +43,7 @@ def fine_tuned_small_model(settings, train, output_dir, copilot_layers: int):
         output_dir,
         max_steps=-1,
         model=small,
-        num_train_epochs=settings.epochs,
+        num_train_epochs=settings.epochs * steps_factor,
         learning_rate=settings.copilot_learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,

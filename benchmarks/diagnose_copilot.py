@@ -148,9 +148,11 @@ TRAINING = {
     "fresh_rth_double": {"copilot_steps_factor": 2.0},
     "fresh_rth_x4": {"copilot_steps_factor": 4.0},
 }
+# (f) arms: the small model trained for this multiple of the Pilot's steps (as long as the Copilot it is set against).
+ENSEMBLE_ARMS = {"ensemble": 1.0, "ensemble_double": 2.0, "ensemble_x4": 4.0}
 # The order units run in: what the others read (`default`'s Pilot) first, then by what the issue asks first.
 ARMS = (
-    *("default", "ensemble", "token", "token_hidden", "token_own"),
+    *("default", "ensemble", "ensemble_double", "ensemble_x4", "token", "token_hidden", "token_own"),
     *(
         "fresh",
         "fresh_token_hidden",
@@ -168,6 +170,9 @@ ARMS = (
 )
 LABELS = {
     "default": "default (feed only, position-free; Mistake Log replay)",
+    "ensemble": "(f) logit ensemble with the small model",
+    "ensemble_double": "(f), its small model trained for twice the Pilot's steps",
+    "ensemble_x4": "(f), its small model trained for four times the Pilot's steps",
     "fresh": "default trained on the frozen final Pilot's fresh states",
     "fresh_token_hidden": "+ X̃_t and h_t, trained on the frozen final Pilot",
     "fresh_rotary_token": "+ rotary positions + X̃_t, trained on the frozen final Pilot",
@@ -317,12 +322,18 @@ def fresh_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: 
     return {**scored(model, tokenizer, splits), "steps": trainer.state.global_step, "seconds": seconds}
 
 
-def ensemble_unit(settings: DemoSettings, splits: dict, train, workdir: Path) -> dict:
+def small_model_of(arm: str, settings: DemoSettings, train, workdir: Path):
+    """The small model of an (f) arm, trained for its `ENSEMBLE_ARMS` multiple of the Pilot's steps."""
+    copilot_layers = json.loads((workdir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
+    output = workdir / ("f" if arm == "ensemble" else f"f_{arm}")
+    return fine_tuned_small_model(settings, train, output, copilot_layers, ENSEMBLE_ARMS[arm])
+
+
+def ensemble_unit(settings: DemoSettings, splits: dict, train, workdir: Path, arm: str) -> dict:
     """(f): a small model of the Copilot's depth fine-tuned alone (as `run_results.ensemble_arm`), alone and in the
     logit ensemble with `default`'s Pilot."""
-    copilot_layers = json.loads((workdir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
     began = time.perf_counter()
-    small, tokenizer = fine_tuned_small_model(settings, train, workdir / "f", copilot_layers)
+    small, tokenizer = small_model_of(arm, settings, train, workdir)
     seconds = time.perf_counter() - began
     base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
     pilot = PeftModel.from_pretrained(base, workdir / "default" / "adapter").eval()
@@ -341,8 +352,8 @@ def run_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) -> dict
     unit_dir = workdir / f"{task}-{seed}"
     if arm in FRESH_ARMS:
         return fresh_unit(settings, scoring, splits["train"], unit_dir, arm)
-    if arm == "ensemble":
-        return ensemble_unit(settings, scoring, splits["train"], unit_dir)
+    if arm in ENSEMBLE_ARMS:
+        return ensemble_unit(settings, scoring, splits["train"], unit_dir, arm)
     return joint_unit(settings, scoring, splits["train"], unit_dir, arm)
 
 
@@ -358,8 +369,8 @@ def accuracy_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) ->
     budget = generation_budget(tokenizer, splits["train"])
     rows = {"validation": splits["validation"].to_list(), "test": splits["test"].to_list()}
     unit_dir = workdir / f"{task}-{seed}"
-    if arm == "ensemble":
-        return ensemble_accuracy(settings, splits["train"], rows, unit_dir, tokenizer, budget)
+    if arm in ENSEMBLE_ARMS:
+        return ensemble_accuracy(arm, settings, splits["train"], rows, unit_dir, tokenizer, budget)
     if not (unit_dir / arm / "adapter").exists():  # a unit run before adapters were kept: the same seed retrains it
         run_unit(task, seed, arm, sizes, workdir)
     base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
@@ -379,10 +390,9 @@ def accuracy_unit(task: str, seed: int, arm: str, sizes: dict, workdir: Path) ->
     }
 
 
-def ensemble_accuracy(settings, train, rows: dict, unit_dir: Path, tokenizer, budget: int) -> dict:
+def ensemble_accuracy(arm: str, settings, train, rows: dict, unit_dir: Path, tokenizer, budget: int) -> dict:
     """(f)'s logit ensemble with `default`'s Pilot, w chosen by validation accuracy."""
-    copilot_layers = json.loads((unit_dir / "default" / "adapter" / "adapter_config.json").read_text())["num_layers"]
-    small, _ = fine_tuned_small_model(settings, train, unit_dir / "f", copilot_layers)
+    small, _ = small_model_of(arm, settings, train, unit_dir)
     base = AutoModelForCausalLM.from_pretrained(PILOT_DIR, dtype=torch.float32)
     pilot = PeftModel.from_pretrained(base, unit_dir / "default" / "adapter").eval()
     prompts = {name: [r["prompt"] for r in split] for name, split in rows.items()}
@@ -409,7 +419,7 @@ def accuracy_table(units: dict) -> list[str]:
         if not seeds:
             continue
         gains = [paired_gain(units[s][arm]["pilot"], units[s][arm]["fused"])["gain_points"] for s in seeds]
-        label = "(f) logit ensemble with the small model" if arm == "ensemble" else LABELS[arm]
+        label = LABELS[arm]
         pilot = mean_std([100 * statistics.mean(units[s][arm]["pilot"]) for s in seeds])
         lines.append(
             f"| {label} | {', '.join(seeds)} | {pilot}"
@@ -436,7 +446,7 @@ def arm_skills(seed_units: dict, arm: str) -> dict:
     """CE skills of one arm in one seed, against the Pilot it corrects: on the test items at λ = 1 and at λ chosen on
     validation, and on the validation items at that λ (what a design is chosen by)."""
     unit = seed_units[arm]
-    reference = seed_units["default"] if arm == "ensemble" else unit
+    reference = seed_units["default"] if arm in ENSEMBLE_ARMS else unit
     tokens = {split: reference[split]["tokens"] for split in ("validation", "test")}
     pilot = mean_ce(reference["test"]["pilot"], tokens["test"])
     value = chosen(unit, tokens["validation"])
@@ -444,7 +454,7 @@ def arm_skills(seed_units: dict, arm: str) -> dict:
     skills["chosen_skill"] = 1 - mean_ce(unit["test"]["fused"][value], tokens["test"]) / pilot
     fused, alone = unit["validation"]["fused"][value], reference["validation"]["pilot"]
     skills["validation_skill"] = 1 - mean_ce(fused, tokens["validation"]) / mean_ce(alone, tokens["validation"])
-    if arm == "ensemble":
+    if arm in ENSEMBLE_ARMS:
         skills["small_skill"] = 1 - mean_ce(unit["test"]["small"], tokens["test"]) / pilot
     else:
         skills["unit_skill"] = 1 - mean_ce(unit["test"]["fused"]["1.0"], tokens["test"]) / pilot
@@ -475,6 +485,22 @@ def per_seed(skills: list[dict], key: str) -> str:
     return ", ".join(f"{100 * k[key]:.1f}" for k in skills)
 
 
+def ensemble_rows(units: dict, arm: str) -> list[str]:
+    """An (f) arm's rows: the logit ensemble, and its small model alone."""
+    seeds = [s for s in units if arm in units[s]]
+    if not seeds:
+        return []
+    skills = [arm_skills(units[s], arm) for s in seeds]
+    return [
+        f"| {LABELS[arm]} | {', '.join(seeds)} | {mean_std([100 * k['validation_skill'] for k in skills])} | "
+        f"{mean_std([100 * k['chosen_skill'] for k in skills])} | {per_seed(skills, 'chosen_skill')} | – | "
+        f"w {', '.join(k['chosen'] for k in skills)} | – | "
+        f"{statistics.mean(units[s][arm]['seconds'] for s in seeds):.0f} |",
+        f"|     its small model alone | {', '.join(seeds)} | – | "
+        f"{mean_std([100 * k['small_skill'] for k in skills])} | {per_seed(skills, 'small_skill')} | – | – | – | – |",
+    ]
+
+
 def task_table(task: str, units: dict) -> list[str]:
     """One task's rows: each arm over the seeds it was run on (a prototype arm may have one seed, a confirmed one
     three), its paired difference against `default` on those same seeds."""
@@ -485,7 +511,7 @@ def task_table(task: str, units: dict) -> list[str]:
         "at λ = 1 (%) | λ chosen | paired per-item CE vs default (×100 nats/token) | training (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm in [a for a in ARMS if a != "ensemble"]:
+    for arm in [a for a in ARMS if a not in ENSEMBLE_ARMS]:
         seeds = [s for s in units if arm in units[s]]
         if not seeds:
             continue
@@ -498,19 +524,8 @@ def task_table(task: str, units: dict) -> list[str]:
             f"{mean_std([100 * k['unit_skill'] for k in skills])} | {', '.join(k['chosen'] for k in skills)} | "
             f"{difference} | {statistics.mean(units[s][arm]['seconds'] for s in seeds):.0f} |"
         )
-    seeds = [s for s in units if "ensemble" in units[s]]
-    if seeds:
-        skills = [arm_skills(units[s], "ensemble") for s in seeds]
-        lines += [
-            f"| (f) logit ensemble with the small model | {', '.join(seeds)} | "
-            f"{mean_std([100 * k['validation_skill'] for k in skills])} | "
-            f"{mean_std([100 * k['chosen_skill'] for k in skills])} | {per_seed(skills, 'chosen_skill')} | – | "
-            f"w {', '.join(k['chosen'] for k in skills)} | – | "
-            f"{statistics.mean(units[s]['ensemble']['seconds'] for s in seeds):.0f} |",
-            f"|     (f)'s small model alone | {', '.join(seeds)} | – | "
-            f"{mean_std([100 * k['small_skill'] for k in skills])} | {per_seed(skills, 'small_skill')} "
-            "| – | – | – | – |",
-        ]
+    for arm in ENSEMBLE_ARMS:
+        lines += ensemble_rows(units, arm)
     pilot = [arm_skills(units[s], "default")["pilot_ce"] for s in units if "default" in units[s]]
     spread = f" ± {statistics.stdev(pilot):.3f}" if len(pilot) > 1 else ""
     lines += ["", f"The Pilot of `default`: test CE {statistics.mean(pilot):.3f}{spread} nats/token.", ""]
