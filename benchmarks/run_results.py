@@ -189,10 +189,13 @@ def param_matched_arm(settings, splits, workdir: Path, copilot_layers: int) -> d
     }
 
 
-def ensemble_arm(settings, splits, workdir: Path, copilot_layers: int, pilot_model, tokenizer) -> dict:
-    """(f): log p_P + w · log p_S with a small model of the Copilot's size fine-tuned alone, w chosen on validation."""
+def ensemble_arm(
+    settings, splits, workdir: Path, copilot_layers: int, pilot_model, tokenizer, steps_factor: float
+) -> dict:
+    """(f): log p_P + w · log p_S with a small model of the Copilot's size fine-tuned alone for `steps_factor` × the
+    Pilot's steps, w chosen on validation."""
     validation, test, budget = splits["validation"].to_list(), splits["test"].to_list(), splits["budget"]
-    small, _ = fine_tuned_small_model(settings, splits["train"], workdir / "f", copilot_layers)
+    small, _ = fine_tuned_small_model(settings, splits["train"], workdir / "f", copilot_layers, steps_factor)
     small_parameters = sum(p.numel() for p in small.parameters())
     prompts = [r["prompt"] for r in validation]
     with pilot_model.disable_adapter():  # the Pilot (a): its LoRA on, the Copilot off
@@ -209,6 +212,7 @@ def ensemble_arm(settings, splits, workdir: Path, copilot_layers: int, pilot_mod
         "ensemble_grid": grid,
         "small_alone": score_arm(small, tokenizer, test, budget, "fused"),
         "small_parameters": small_parameters,
+        "small_steps_factor": steps_factor,
     }
 
 
@@ -269,7 +273,10 @@ def run_block(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir
             log(f"{task} seed {seed}: (f) logit ensemble with a small model of the Copilot's size")
             base = AutoModelForCausalLM.from_pretrained(pilot_dir)
             pilot_model = PeftModel.from_pretrained(base, seed_dir / "b" / "copilot").eval()
-            run.update(ensemble_arm(settings, splits, seed_dir, copilot_layers, pilot_model, tokenizer))
+            # Its small model trains for as many steps as the default's Copilot learns for.
+            default = run["default"]
+            steps_factor = (default["steps"] - default["pilot_steps"]) / default["pilot_steps"]
+            run.update(ensemble_arm(settings, splits, seed_dir, copilot_layers, pilot_model, tokenizer, steps_factor))
         runs[str(seed)] = run
     if "transfer" in arms and len(seeds) > 1:
         log(f"{task}: (g) transfer to sibling Pilots")
@@ -546,7 +553,9 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
         + ".",
         "",
         "Steps of the default (b), the Pilot's and then the Copilot's on the finished Pilot (`copilot_steps_factor`), "
-        "per block: " + "; ".join(f"{key} {phase_steps(runs, seeds)}" for key, runs in results.items()) + ".",
+        "per block: "
+        + "; ".join(f"{key} {phase_steps(runs, seeds)}" for key, runs in results.items())
+        + ". (f)'s small model trains alone for as many steps as (b)'s Copilot.",
         "",
         OTHER_BLOCKS,
         "",

@@ -132,16 +132,18 @@ def trained_run(model, splits, options: dict) -> tuple[dict, CopilotSeq2SeqTrain
     return run, trainer
 
 
-def ablation_arm(splits, seed: int, epochs: float, workdir: Path, same_position: str, pilot: list[bool]) -> dict:
+def ablation_arm(splits, seed: int, epochs: float, workdir: Path, same_position: str, b: dict) -> dict:
     """An ablation arm (`ABLATIONS`): (b) with `copilot_same_position=same_position`. Its Copilot alone trains, for
     (b)'s Copilot steps, on (b)'s finished Pilot (frozen), when the workdir keeps it; otherwise the whole seeded run is
-    retrained. Which ran, and whether its Pilot-alone answers equal (b)'s `pilot`, is recorded."""
+    retrained. Which ran, and whether its Pilot-alone answers equal (b)'s (`b`, its run), is recorded."""
     copilot, arm = CopilotConfig(copilot_same_position=same_position), ABLATIONS[same_position]
     finished = workdir / FINISHED_PILOT
     if (finished / "config.json").exists():
         torch.manual_seed(seed)
         model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(finished), copilot)
-        run, _ = trained_run(model, splits, training_options(seed, epochs, workdir / arm, train_pilot="none"))
+        factor = b["copilot_steps"] / b["pilot_steps"]  # the configured steps are the Pilot's
+        options = training_options(seed, epochs, workdir / arm, train_pilot="none", copilot_steps_factor=factor)
+        run, _ = trained_run(model, splits, options)
         source = "reused"
     else:
         run, _ = joint_arm(splits, seed, epochs, workdir, copilot, arm)
@@ -149,7 +151,7 @@ def ablation_arm(splits, seed: int, epochs: float, workdir: Path, same_position:
     return {
         same_position: run["fused"],
         f"{same_position}_lambda": run["lambda"],
-        f"{same_position}_same_pilot": run["pilot"] == pilot,
+        f"{same_position}_same_pilot": run["pilot"] == b["pilot"],
         f"{same_position}_pilot_source": source,
         f"{same_position}_copilot_steps": run["copilot_steps"],
     }
@@ -173,7 +175,8 @@ def plain_step_seconds(splits, seed: int, workdir: Path) -> float:
 
 
 def ensemble_arm(splits, seed: int, epochs: float, workdir: Path, copilot_model, copilot_layers: int) -> dict:
-    """(f): the Pilot (a) (the joint run's, Copilot off) with a small T5 fine-tuned alone; w on validation."""
+    """(f): the Pilot (a) (the joint run's, Copilot off) with a small T5 fine-tuned alone for `epochs`; w on
+    validation."""
     tokenizer = AutoTokenizer.from_pretrained(PILOT)
     torch.manual_seed(seed)
     pilot_layers = AutoModelForSeq2SeqLM.from_pretrained(PILOT).config.num_decoder_layers
@@ -219,7 +222,9 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict
         run, model = joint_arm(splits, seed, sizes["epochs"], seed_dir)
         run["plain_step_seconds"] = plain_step_seconds(splits, seed, seed_dir)
         log(f"{task} seed {seed}: (f) logit ensemble")
-        run.update(ensemble_arm(splits, seed, sizes["epochs"], seed_dir, model, run["copilot_layers"]))
+        # Its small model trains for as many steps as (b)'s Copilot learns for.
+        epochs = sizes["epochs"] * run["copilot_steps"] / run["pilot_steps"]
+        run.update(ensemble_arm(splits, seed, epochs, seed_dir, model, run["copilot_layers"]))
         runs[str(seed)] = run
         save()
     for same_position in ablations:
@@ -228,7 +233,7 @@ def run_task(task: str, seeds: list[int], sizes: dict, workdir: Path, runs: dict
             if same_position not in run:
                 log(f"{task} seed {seed}: ({ABLATIONS[same_position]}) copilot_same_position={same_position!r}")
                 seed_dir = workdir / f"{task}-{seed}"
-                run.update(ablation_arm(splits, seed, sizes["epochs"], seed_dir, same_position, run["pilot"]))
+                run.update(ablation_arm(splits, seed, sizes["epochs"], seed_dir, same_position, run))
                 save()
     return runs
 

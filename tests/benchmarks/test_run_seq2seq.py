@@ -20,12 +20,12 @@ def test_an_ablation_arm_reuses_the_finished_pilot_of_b_or_retrains_without_it(t
     splits["budget"] = 12
     b, _ = run_seq2seq.joint_arm(splits, 0, 1.0, tmp_path)
     assert (tmp_path / run_seq2seq.FINISHED_PILOT / "config.json").exists()
-    reused = run_seq2seq.ablation_arm(splits, 0, 1.0, tmp_path, "token_hidden", b["pilot"])
+    reused = run_seq2seq.ablation_arm(splits, 0, 1.0, tmp_path, "token_hidden", b)
     assert reused["token_hidden_pilot_source"] == "reused" and reused["token_hidden_same_pilot"]
     assert len(reused["token_hidden"]) == 3 and reused["token_hidden_lambda"] in run_seq2seq.LAMBDAS
-    assert reused["token_hidden_copilot_steps"] == b["copilot_steps"] == b["pilot_steps"]  # as many as (b)'s
+    assert reused["token_hidden_copilot_steps"] == b["copilot_steps"]  # as many as (b)'s
     shutil.rmtree(tmp_path / run_seq2seq.FINISHED_PILOT)  # a workdir from before (b)'s Pilot was kept
-    retrained = run_seq2seq.ablation_arm(splits, 0, 1.0, tmp_path, "hidden", b["pilot"])
+    retrained = run_seq2seq.ablation_arm(splits, 0, 1.0, tmp_path, "hidden", b)
     assert retrained["hidden_pilot_source"] == "retrained" and (tmp_path / "h").is_dir()
     rows = run_seq2seq.ablation_rows([{**b, **reused}], "token_hidden")
     assert rows[0].startswith('| (t) ablation: `copilot_same_position="token_hidden"`')
