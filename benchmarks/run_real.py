@@ -312,7 +312,7 @@ def unit_joint(ctx, seed: int, objective: str) -> dict:
 
 def unit_ensemble(ctx, seed: int) -> dict:
     """(f): log p_P + w · log p_S, the small model (the Copilot's depth, copied from the same Pilot layers) fine-tuned
-    alone on the same rows and steps; w chosen on validation cross-entropy."""
+    alone on the same rows, for as many steps as the Copilot learns for; w chosen on validation cross-entropy."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -324,6 +324,9 @@ def unit_ensemble(ctx, seed: int) -> dict:
     num_pilot_layers = AutoConfig.from_pretrained(ctx.pilot).num_hidden_layers
     small = small_model(str(ctx.pilot), copilot_layer_indices(num_pilot_layers, layers))
     options = training_options(settings, seed, ctx.workdir / f"seed{seed}-small")
+    options["num_train_epochs"] *= settings.copilot_steps_factor
+    if settings.max_steps > 0:
+        options["max_steps"] = round(settings.max_steps * settings.copilot_steps_factor)
     SFTTrainer(
         model=small,
         args=SFTConfig(**options),

@@ -25,8 +25,9 @@ class CopilotSchedule:
 
 
 COPILOT_SCHEDULES = {
-    # On the finished Pilot, frozen (benchmarks/RESULTS_DIAGNOSIS.md: more steps than the Pilot's raise its skill).
-    "after_pilot": CopilotSchedule(start=lambda pilot_steps: pilot_steps, steps_factor=1.0),
+    # On the finished Pilot, frozen, for four times the Pilot's steps: of 1, 2 and 4, the length with the best
+    # validation cross-entropy skill (benchmarks/RESULTS_DIAGNOSIS.md, `count_then_max`, 3 seeds).
+    "after_pilot": CopilotSchedule(start=lambda pilot_steps: pilot_steps, steps_factor=4.0),
     # The paper's Algorithm 1: both at every step, for the Pilot's steps.
     "joint": CopilotSchedule(start=lambda pilot_steps: 0, steps_factor=1.0),
 }
@@ -56,9 +57,9 @@ class CopilotTrainingArguments:
             stay as the adapter's config has them.
         copilot_schedule (`str`, defaults to `"after_pilot"`):
             When the Copilot learns. `"after_pilot"`: the Pilot trains for the configured epochs or steps first, then
-            the Copilot trains (for `copilot_steps_factor` times as many steps) on the finished Pilot, frozen, so its
-            Mistake Log holds only the errors the finished Pilot makes (each step of that phase costs a Pilot forward
-            and a Copilot step). `"joint"`: the paper's Algorithm 1, both at every step, the Copilot learning
+            the Copilot trains (for four times as many steps, `copilot_steps_factor`) on the finished Pilot, frozen,
+            so its Mistake Log holds only the errors the finished Pilot makes (each step of that phase costs a Pilot
+            forward and a Copilot step). `"joint"`: the paper's Algorithm 1, both at every step, the Copilot learning
             from a Pilot that is still changing. On the same steps, the Copilot trained after the Pilot reaches 1.7×
             to 2.3× the held-out cross-entropy skill of the joint one (benchmarks/RESULTS_DIAGNOSIS.md). With
             `train_pilot="none"` the two are the same: the Copilot learns from the first step.
@@ -66,8 +67,8 @@ class CopilotTrainingArguments:
             How long the Copilot learns, as a multiple of the Pilot's steps (the configured epochs or `max_steps`),
             rounded, at least one step; the Copilot's learning-rate schedule spans exactly these steps. The run takes
             `max(Pilot's steps, start + Copilot's steps)` steps, the data loader cycling through further epochs when
-            the Copilot needs them. Unset: the schedule's own (`COPILOT_SCHEDULES`; `"joint"` 1, the paper's), and 1
-            with `train_pilot="none"`, whose configured steps are the Copilot's.
+            the Copilot needs them. Unset: the schedule's own (`COPILOT_SCHEDULES`: `"after_pilot"` 4, `"joint"` 1,
+            the paper's), and 1 with `train_pilot="none"`, whose configured steps are the Copilot's.
         train_pilot (`str`, defaults to `"auto"`):
             Which Pilot weights train: `"full"` all of them, `"adapter"` only its LoRA, `"none"` none (a Copilot-only
             phase on a fixed Pilot); `"auto"` is `"adapter"` for a LoRA Pilot and `"full"` otherwise.
@@ -100,7 +101,7 @@ class CopilotTrainingArguments:
     copilot_schedule: str = field(
         default="after_pilot",
         metadata={
-            "help": "When the Copilot learns: after_pilot (on the finished Pilot, frozen; twice the steps) or joint "
+            "help": "When the Copilot learns: after_pilot (on the finished Pilot, frozen, for 4x its steps) or joint "
             "(the paper's Algorithm 1).",
             "choices": tuple(COPILOT_SCHEDULES),
         },

@@ -40,15 +40,17 @@ def test_a_non_empty_output_dir_is_refused_in_one_line(tmp_path, local_pilot):
 def test_resume_continues_the_last_checkpoint_and_overwrite_starts_afresh(tmp_path, local_pilot, capsys):
     data = write_rows(tmp_path / "train.json", instruction_rows())
     output = tmp_path / "run"
-    assert main(train_argv(local_pilot, data, output, "--max-steps", "2")) == 0
-    # The Pilot's 2 steps, then the Copilot's 2 on the finished Pilot (`copilot_schedule="after_pilot"`).
+    # The Pilot's 2 steps, then the Copilot's 2 on the finished Pilot (`copilot_schedule="after_pilot"`, its phase
+    # as long as the Pilot's here, to keep the test short).
+    short = ("--copilot-steps-factor", "1")
+    assert main(train_argv(local_pilot, data, output, "--max-steps", "2", *short)) == 0
     assert sorted(p.name for p in output.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 5)]
     capsys.readouterr()
     first_run = (output / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns
-    assert main(train_argv(local_pilot, data, output, "--max-steps", "3", "--resume")) == 0
+    assert main(train_argv(local_pilot, data, output, "--max-steps", "3", "--resume", *short)) == 0
     assert f"resuming from {output / 'checkpoint-4'}" in capsys.readouterr().err
     assert json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
     assert (output / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns == first_run  # steps 1-4 not rerun
-    assert main(train_argv(local_pilot, data, output, "--max-steps", "1", "--overwrite")) == 0
+    assert main(train_argv(local_pilot, data, output, "--max-steps", "1", "--overwrite", *short)) == 0
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert (output / "adapter_model.safetensors").exists()

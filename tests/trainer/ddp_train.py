@@ -20,6 +20,7 @@ def main(output_dir: str) -> None:
     args = CopilotSFTConfig(
         output_dir=output_dir,
         max_steps=3,
+        copilot_steps_factor=1.0,  # a Copilot phase as long as the Pilot's: the test is about synchronisation
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         report_to=[],

@@ -50,6 +50,7 @@ def make_trainer(output_dir: Path, pilot_training: str) -> CopilotSFTTrainer:
     args = CopilotSFTConfig(
         output_dir=str(output_dir),
         max_steps=4,
+        copilot_steps_factor=1.0,  # a Copilot phase as long as the Pilot's: the test is about sharding
         save_steps=2,
         per_device_train_batch_size=4,
         learning_rate=1e-3,

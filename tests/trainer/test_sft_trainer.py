@@ -44,15 +44,16 @@ def test_logs_pilot_and_copilot_losses_and_mistake_log_size(tmp_path):
 
 def test_by_default_the_pilot_trains_first_then_the_copilot_on_the_finished_pilot(tmp_path):
     """`copilot_schedule="after_pilot"`: the Pilot's steps are exactly a plain SFT run's; then the Copilot learns for
-    as many steps from the finished Pilot, frozen (its learning rate 0), and its Mistake Log holds that Pilot's."""
+    four times as many steps from the finished Pilot, frozen (its learning rate 0), and its Mistake Log holds that
+    Pilot's."""
     model = get_peft_model(pilot(), CopilotConfig())
     copilot_before = [p.detach().clone() for p in model.base_model.copilot_model.parameters()]
     trainer = train(model, copilot_args(tmp_path, max_steps=3, logging_steps=1))
-    assert trainer.state.global_step == 6 and (trainer.pilot_steps, trainer.copilot_start) == (3, 3)
+    assert trainer.state.global_step == 15 and (trainer.pilot_steps, trainer.copilot_start) == (3, 3)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert [("copilot_loss" in e) for e in logged] == [False] * 3 + [True] * 3
+    assert [("copilot_loss" in e) for e in logged] == [False] * 3 + [True] * 12
     assert all(e["learning_rate"] > 0 for e in logged[:3]) and all(e["learning_rate"] == 0 for e in logged[3:])
-    assert len(trainer.mistake_log) == 12 and trainer.copilot_updater.scheduler.last_epoch == 3
+    assert len(trainer.mistake_log) == 48 and trainer.copilot_updater.scheduler.last_epoch == 12
     assert any(not torch.equal(a, b) for a, b in zip(copilot_before, model.base_model.copilot_model.parameters()))
     plain = pilot()
     sft_args = SFTConfig(output_dir=str(tmp_path / "plain"), max_steps=3, per_device_train_batch_size=4, bf16=False)
@@ -152,7 +153,7 @@ def test_a_plain_sft_config_keeps_its_values_and_takes_the_copilot_defaults(tmp_
     assert isinstance(trainer.args, CopilotSFTConfig)
     assert trainer.args.learning_rate == 3e-4 and trainer.args.max_steps == 1
     assert trainer.args.copilot_learning_rate == CopilotSFTConfig(output_dir=str(tmp_path)).copilot_learning_rate
-    assert trainer.copilot_updater.scheduler.last_epoch == 1
+    assert trainer.copilot_updater.scheduler.last_epoch == 4  # the default Copilot phase: 4 × the Pilot's step
 
 
 def test_lora_pilot_trains_only_lora_and_copilot(tmp_path):
@@ -174,14 +175,14 @@ def test_plain_model_with_peft_config(tmp_path):
 def test_gradient_accumulation_and_gradient_checkpointing(tmp_path):
     args = copilot_args(tmp_path, gradient_accumulation_steps=2, gradient_checkpointing=True, max_steps=2)
     trainer = train(get_peft_model(pilot(), CopilotConfig()), args)
-    assert trainer.state.global_step == 4  # 2 of the Pilot, then 2 of the Copilot
-    assert trainer.copilot_updater.scheduler.last_epoch == 2  # one Copilot update per optimiser step of its phase
+    assert trainer.state.global_step == 10  # 2 of the Pilot, then 8 of the Copilot
+    assert trainer.copilot_updater.scheduler.last_epoch == 8  # one Copilot update per optimiser step of its phase
 
 
 @pytest.mark.parametrize("policy", ["current", "uniform", "newest"])
 def test_sampling_policies(tmp_path, policy):
     trainer = train(get_peft_model(pilot(), CopilotConfig()), copilot_args(tmp_path, mistake_log_sampling=policy))
-    assert trainer.state.global_step == 8 and trainer.copilot_updater.scheduler.last_epoch == 4
+    assert trainer.state.global_step == 20 and trainer.copilot_updater.scheduler.last_epoch == 16
 
 
 def test_bf16_run(tmp_path):
@@ -189,7 +190,7 @@ def test_bf16_run(tmp_path):
         get_peft_model(pilot(), CopilotConfig()),
         copilot_args(tmp_path, bf16=True, use_cpu=not torch.cuda.is_available(), max_steps=2),
     )
-    assert trainer.state.global_step == 4
+    assert trainer.state.global_step == 10
 
 
 def test_cpu_defaults_need_no_flags(tmp_path):
