@@ -239,12 +239,18 @@ def transfer_arm(pilot_dir: Path, own_adapter: str, sibling_adapter: str, fusion
 # ---------------------------------------------------------------------- one (Pilot, task) block
 
 
-def run_block(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir: Path, arms: set[str]) -> dict:
+def run_block(
+    pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir: Path, arms: set[str], runs: dict, save
+) -> dict:
+    """Every seed of one (Pilot, task) block not already in `runs` (an interrupted block's finished seeds), `save()`
+    after each, then the transfers, which read every seed's adapter."""
     splits = task_splits(task, sizes["train"], sizes["validation"], sizes["test"], seed=1000)
     tokenizer = AutoTokenizer.from_pretrained(pilot_dir)
     splits["budget"] = generation_budget(tokenizer, splits["train"])
-    runs = {}
     for seed in seeds:
+        if str(seed) in runs:
+            log(f"{task} seed {seed}: kept from the workdir")
+            continue
         settings = DemoSettings(model=str(pilot_dir), task=task, seed=seed, epochs=sizes["epochs"])
         seed_dir = workdir / f"{task}-{seed}"
         log(f"{task} seed {seed}: (a)/(b)/(b′) the Pilot, then the default Copilot on it")
@@ -278,6 +284,7 @@ def run_block(pilot_dir: Path, task: str, seeds: list[int], sizes: dict, workdir
             steps_factor = (default["steps"] - default["pilot_steps"]) / default["pilot_steps"]
             run.update(ensemble_arm(settings, splits, seed_dir, copilot_layers, pilot_model, tokenizer, steps_factor))
         runs[str(seed)] = run
+        save()
     if "transfer" in arms and len(seeds) > 1:
         log(f"{task}: (g) transfer to sibling Pilots")
         for index, seed in enumerate(seeds):
@@ -519,9 +526,18 @@ def main() -> None:
                     )
                 log(f"{key}: kept from {partial}")
                 continue
-            results[key] = run_block(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms)
+            # A block's finished seeds are kept under `unfinished` until the block is whole.
+            runs = results.setdefault("unfinished", {}).setdefault(key, {})
+
+            def save():
+                seconds = previous_seconds + time.perf_counter() - began
+                partial.write_text(json.dumps({**results, "seconds": seconds}))
+
+            results[key] = run_block(PILOTS[name], task, args.seeds, sizes, args.workdir / name, arms, runs, save)
             results[key]["command"] = " ".join(["python benchmarks/run_results.py", *sys.argv[1:]])
-            partial.write_text(json.dumps({**results, "seconds": previous_seconds + time.perf_counter() - began}))
+            del results["unfinished"][key]
+            save()
+    results.pop("unfinished", None)
     wall = previous_seconds + time.perf_counter() - began
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     lines = render(results, args, sizes, wall)
