@@ -120,6 +120,7 @@ def joint_arm(settings, splits, workdir: Path, copilot: dict, feeds: tuple[str, 
         "pilot_calibration": pilot_calibration(model, tokenizer, test[:200]),
         "steps": trainer.state.global_step,
         "pilot_steps": trainer.pilot_steps,
+        "copilot_steps": trainer.copilot_steps,
         "seconds": sum(timer.times),
         "mistake_log_bytes_per_token": trainer.mistake_log.bytes_per_token,
         "adapter": str(workdir / "copilot"),
@@ -280,8 +281,7 @@ def run_block(
             base = AutoModelForCausalLM.from_pretrained(pilot_dir)
             pilot_model = PeftModel.from_pretrained(base, seed_dir / "b" / "copilot").eval()
             # Its small model trains for as many steps as the default's Copilot learns for.
-            default = run["default"]
-            steps_factor = (default["steps"] - default["pilot_steps"]) / default["pilot_steps"]
+            steps_factor = run["default"]["copilot_steps"] / run["default"]["pilot_steps"]
             run.update(ensemble_arm(settings, splits, seed_dir, copilot_layers, pilot_model, tokenizer, steps_factor))
         runs[str(seed)] = run
         save()
@@ -584,7 +584,9 @@ def render(results: dict, args, sizes: dict, wall: float) -> list[str]:
 
 def phase_steps(runs: dict, seeds: list[str]) -> str:
     """The default arm's Pilot and Copilot steps, `P + C`, as its seeds ran them (one value when they agree)."""
-    phases = {f"{r['pilot_steps']} + {r['steps'] - r['pilot_steps']}" for r in (runs[s]["default"] for s in seeds)}
+    # Blocks from before `copilot_steps` was recorded ran after the Pilot: their Copilot had the remaining steps.
+    defaults = [runs[s]["default"] for s in seeds]
+    phases = {f"{r['pilot_steps']} + {r.get('copilot_steps', r['steps'] - r['pilot_steps'])}" for r in defaults}
     return " / ".join(sorted(phases))
 
 
