@@ -5,10 +5,12 @@ steps for every arm. Two plain arms: TRL's `SFTTrainer` as users run it, and the
 target positions only (`TargetOnlySFTTrainer`), which is what `CopilotSFTTrainer`'s Pilot side does; off a Triton
 device TRL projects every position, so only the second ratio isolates the Copilot's cost on a CPU. Two Copilot arms:
 a joint step (`copilot_schedule="joint"`, Algorithm 1: Pilot and Copilot both learn), and the default
-`copilot_schedule="after_pilot"`, whose run is the Pilot's steps and then as many Copilot steps on the frozen Pilot
-(each phase's median step, and the whole run against plain SFT for the same Pilot steps). Prints the median step time
-of each arm, the ratios, the Copilot's analytic FLOP share beside them, and the Mistake Log's bytes per token against
-a dense |V|-sized 16-bit ℓ.
+`copilot_schedule="after_pilot"`, whose run is the Pilot's steps and then four times as many Copilot steps on the
+frozen Pilot, run twice: as it is (once the Mistake Log holds an epoch of the frozen Pilot, the Copilot learns from it
+alone, `mistake_log_reuse`) and with the Pilot's forward every Copilot step (`mistake_log_reuse=False`), each as its
+phases' median steps and the whole run against plain SFT for the same Pilot steps. Prints the median step time of
+each arm, the ratios, the Copilot's analytic FLOP share beside them, and the Mistake Log's bytes per token against a
+dense |V|-sized 16-bit ℓ.
 
     python benchmarks/bench_training.py
     python benchmarks/bench_training.py --hidden 512 --layers 12 --vocab 32000 --steps 12
@@ -27,6 +29,7 @@ import transformers
 import trl
 from common import TargetOnlySFTTrainer, common_settings, random_llama, synthetic_dataset
 from peft import LoraConfig, get_peft_model
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 import tcopilot_peft
@@ -47,17 +50,51 @@ def run(trainer_cls, config_cls, model, dataset, settings, **extra) -> tuple[flo
     return median_after_warmup(times), trainer
 
 
+class ReplayMarks(TrainerCallback):
+    """Per step: whether the Copilot's step drew from the Mistake Log alone, the Pilot not run."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.marks: list[bool] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append(bool(getattr(self.trainer, "log_replaces_pilot", False)))
+
+
 def run_steps(trainer_cls, config_cls, model, dataset, settings, **extra) -> tuple[list[float], object]:
-    timer = StepTimer()
+    timer, marks = StepTimer(), ReplayMarks()
     trainer = trainer_cls(
         model=model,
         args=config_cls(**settings, **extra),
         train_dataset=dataset,
         processing_class=char_tokenizer(),
-        callbacks=[timer],
+        callbacks=[timer, marks],
     )
+    marks.trainer = trainer
     trainer.train()
+    trainer.replay_marks = marks.marks
     return timer.times, trainer
+
+
+def after_pilot_run(args, dataset, settings, reuse: bool) -> tuple[float, float, float, float]:
+    """The default schedule's run: median Pilot-phase step, median Copilot step with the Pilot's forward, median
+    Copilot step from the log alone (nan when none), and the run's total time over the Pilot's steps."""
+    model = get_peft_model(build_pilot(args), CopilotConfig(num_layers=args.copilot_layers))
+    times, trainer = run_steps(
+        CopilotSFTTrainer,
+        CopilotSFTConfig,
+        model,
+        dataset,
+        settings,
+        copilot_schedule="after_pilot",
+        mistake_log_sampling=args.sampling,
+        mistake_log_reuse=reuse,
+    )
+    start = trainer.pilot_steps
+    logging = [t for t, replayed in zip(times[start:], trainer.replay_marks[start:]) if not replayed]
+    replayed = [t for t, replayed in zip(times[start:], trainer.replay_marks[start:]) if replayed]
+    median_replayed = median_after_warmup(replayed) if replayed else float("nan")
+    return median_after_warmup(times[:start]), median_after_warmup(logging), median_replayed, sum(times) / start
 
 
 def median_after_warmup(times: list[float]) -> float:
@@ -80,8 +117,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure(args) -> tuple[list[tuple[float, ...]], object, CopilotSFTTrainer]:
-    """Step times per round (plain, targets-only plain, joint Copilot step, and the default schedule's Pilot-phase and
-    Copilot-phase steps), and the last round's joint Copilot model and trainer."""
+    """Step times per round (plain, targets-only plain, joint Copilot step; the default schedule's Pilot-phase step,
+    Copilot step with the Pilot's forward, Copilot step from the log, and run time per Pilot step; the same run's
+    without reuse), and the last round's joint Copilot model and trainer."""
     dataset = synthetic_dataset(args)
     settings = common_settings(args)
     copilot = dict(mistake_log_sampling=args.sampling)
@@ -89,24 +127,20 @@ def measure(args) -> tuple[list[tuple[float, ...]], object, CopilotSFTTrainer]:
     for _ in range(2):  # two interleaved rounds, so drift of the machine affects both arms alike
         plain_time, _ = run(SFTTrainer, SFTConfig, build_pilot(args), dataset, settings)
         targets_time, _ = run(TargetOnlySFTTrainer, SFTConfig, build_pilot(args), dataset, settings)
-        model = get_peft_model(build_pilot(args), CopilotConfig(num_layers=args.copilot_layers))
-        times, _ = run_steps(
-            CopilotSFTTrainer, CopilotSFTConfig, model, dataset, settings, copilot_schedule="after_pilot", **copilot
-        )
-        start = len(times) // 2  # the Pilot's steps, then as many of the Copilot's
-        pilot_phase, copilot_phase = median_after_warmup(times[:start]), median_after_warmup(times[start:])
+        reused = after_pilot_run(args, dataset, settings, reuse=True)
+        not_reused = after_pilot_run(args, dataset, settings, reuse=False)
         model = get_peft_model(build_pilot(args), CopilotConfig(num_layers=args.copilot_layers))
         joint_time, trainer = run(
             CopilotSFTTrainer, CopilotSFTConfig, model, dataset, settings, copilot_schedule="joint", **copilot
         )
-        rounds.append((plain_time, targets_time, joint_time, pilot_phase, copilot_phase))
+        rounds.append((plain_time, targets_time, joint_time, *reused, not_reused[3]))
     return rounds, model, trainer
 
 
 def main() -> None:
     args = parse_args()
     rounds, model, trainer = measure(args)
-    times = tuple(statistics.median(r[i] for r in rounds) for i in range(5))
+    times = tuple(statistics.median(r[i] for r in rounds) for i in range(8))
     plain_time, targets_time, copilot_time = times[:3]
 
     overhead = copilot_time / targets_time - 1
@@ -126,7 +160,10 @@ def main() -> None:
                     "targets_only_plain_step_s": targets_time,
                     "copilot_step_s": copilot_time,
                     "after_pilot_pilot_phase_step_s": times[3],
-                    "after_pilot_copilot_phase_step_s": times[4],
+                    "after_pilot_copilot_step_with_pilot_s": times[4],
+                    "after_pilot_copilot_step_from_log_s": times[5],
+                    "after_pilot_run_per_pilot_step_s": times[6],
+                    "after_pilot_run_per_pilot_step_without_reuse_s": times[7],
                     "overhead": overhead,
                     "flop_share": share,
                     "mistake_log_bytes_per_token": log_bytes,
@@ -139,7 +176,7 @@ def main() -> None:
 
 
 def print_report(args, trainer, times: tuple[float, ...], share: float, log_bytes: float, dense: int):
-    plain_time, targets_time, copilot_time, pilot_phase, copilot_phase = times
+    plain_time, targets_time, copilot_time, pilot_phase, with_pilot, from_log, run, run_without_reuse = times
     overhead = copilot_time / targets_time - 1
     target = 1.3 * share + 0.05
     copilot_params = sum(p.numel() for p in trainer.copilot_parameters())
@@ -161,11 +198,11 @@ def print_report(args, trainer, times: tuple[float, ...], share: float, log_byte
     print(f"| CopilotSFTTrainer joint step (Algorithm 1) | {copilot_time * 1e3:.0f} ms |")
     print(f"| step time ratio vs TRL as is | {copilot_time / plain_time:.2f}× |")
     print(f"| step time ratio vs targets-only plain | {copilot_time / targets_time:.2f}× (overhead {overhead:+.0%}) |")
-    print(f"| default schedule: Pilot-phase step / Copilot-phase step | {pilot_phase * 1e3:.0f} ms / "
-          f"{copilot_phase * 1e3:.0f} ms |")  # fmt: skip
+    print(f"| default schedule: Pilot-phase step / Copilot step with the Pilot's forward / from the log alone | "
+          f"{pilot_phase * 1e3:.0f} ms / {with_pilot * 1e3:.0f} ms / {from_log * 1e3:.0f} ms |")  # fmt: skip
     print(
-        "| default schedule, whole run vs targets-only plain for the same Pilot steps | "
-        f"{(pilot_phase + copilot_phase) / targets_time:.2f}× |"
+        "| default schedule (4× Copilot steps), whole run vs targets-only plain for the same Pilot steps | "
+        f"{run / targets_time:.2f}× ({run_without_reuse / targets_time:.2f}× without `mistake_log_reuse`) |"
     )
     print(f"| Copilot FLOP share of a training token (joint) | {share:.0%} |")
     print(

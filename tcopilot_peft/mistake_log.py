@@ -16,7 +16,12 @@ before the Pilot's update):
 A dense |V|-sized ℓ is never stored. The buffer is bounded by rounds (default 128, as in the paper) and by bytes;
 the oldest rounds go first. Everything lives on the CPU, detached.
 
-API: `append(...)`, `sample(batch_size, policy)`, `bytes_per_token`, `total_bytes`, `state_dict()` /
+Passes: the trainer marks where each pass over the training data (an epoch) begins (`begin_pass`). Once the log
+holds every round of one whole pass of a Pilot that no longer changes (`holds_a_pass`), it is the Copilot's whole
+training set, and the trainer stops running the Pilot (`CopilotSFTConfig.mistake_log_reuse`).
+
+API: `append(...)`, `sample(batch_size, policy)`, `begin_pass()`, `holds_a_pass`, `pilot_loss()`,
+`bytes_per_token`, `total_bytes`, `state_dict()` /
 `load_state_dict()` (safetensors-compatible tensors plus JSON-able metadata, for checkpoints).
 """
 
@@ -131,8 +136,23 @@ class MistakeLog:
         self.total_bytes = 0
         self.total_tokens = 0
         self.appended_rounds = 0
+        self.pass_start: int | None = None  # `appended_rounds` when the pass being logged began
+        self.holds_a_pass = False
 
     # ------------------------------------------------------------------ writing
+
+    def begin_pass(self) -> bool:
+        """Mark the start of a pass over the training data, ending the one before it.
+
+        Returns:
+            `bool`: whether the log holds every round of a whole pass: none of the rounds appended since the pass
+            that ends here began has been evicted (nor anything since an earlier pass was found whole).
+        """
+        evicted = self.appended_rounds - len(self.rounds)  # rounds leave oldest first
+        if self.pass_start is not None and evicted <= self.pass_start:
+            self.holds_a_pass = True
+        self.pass_start = self.appended_rounds
+        return self.holds_a_pass
 
     @torch.no_grad()
     def append(
@@ -202,6 +222,7 @@ class MistakeLog:
     def _evict(self) -> None:
         while len(self.rounds) > self.max_rounds or self.total_bytes > self.max_bytes:
             dropped = self.rounds.popleft()
+            self.holds_a_pass = False  # conservatively: the dropped round may have belonged to it
             self.total_bytes -= sum(row.nbytes for row in dropped)
             self.total_tokens -= sum(len(row.input_ids) for row in dropped)
 
@@ -213,6 +234,11 @@ class MistakeLog:
     @property
     def bytes_per_token(self) -> float:
         return self.total_bytes / max(self.total_tokens, 1)
+
+    def pilot_loss(self) -> float:
+        """The logged Pilot's cross-entropy, averaged over every target token the log holds."""
+        gold = [row.gold_log_probs for rows in self.rounds for row in rows]
+        return -torch.cat(gold).mean().item() if gold else float("nan")
 
     def sample(self, batch_size: int, policy: str = DEFAULT_SAMPLING) -> MistakeLogBatch:
         """Draw rows: `"current"` the newest round as is, `"uniform"` uniformly over all logged rows, `"newest"` with
@@ -277,6 +303,8 @@ class MistakeLog:
             "hidden_dtype": str(self.hidden_dtype).removeprefix("torch."),
             "round_sizes": round_sizes,
             "appended_rounds": self.appended_rounds,
+            "pass_start": self.pass_start,
+            "holds_a_pass": self.holds_a_pass,
         }
         return tensors, meta
 
@@ -299,6 +327,8 @@ class MistakeLog:
         self.total_bytes = sum(row.nbytes for rows in self.rounds for row in rows)
         self.total_tokens = sum(len(row.input_ids) for rows in self.rounds for row in rows)
         self.appended_rounds = meta["appended_rounds"]
+        # Logs saved before passes were marked hold none.
+        self.pass_start, self.holds_a_pass = meta.get("pass_start"), meta.get("holds_a_pass", False)
 
 
 def dense_error_bytes_per_token(vocab_size: int, bytes_per_value: int = 2) -> int:

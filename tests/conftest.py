@@ -20,6 +20,9 @@ from tcopilot_peft.toy import addition_dataset, char_tokenizer  # noqa: F401
 
 
 VOCAB = 97
+# On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights for inference in blocks of 64 input features, and crashes on
+# narrower layers; quantized Pilots in the tests are that wide.
+QUANTIZABLE_WIDTH = 64
 ARCHITECTURES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),

@@ -107,6 +107,38 @@ def test_state_dict_round_trip_is_exact_including_the_sampler():
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.hidden, b.hidden)
 
 
+def test_a_pass_is_held_when_none_of_its_rounds_was_evicted():
+    log = MistakeLog(max_rounds=3)
+    log.append(*round_inputs(seed=0))  # before any pass began: not part of one
+    assert not log.begin_pass()
+    for seed in range(3):
+        log.append(*round_inputs(seed=seed))
+    assert log.begin_pass()  # the pass's 3 rounds are all there (the round before it was evicted)
+    tensors, meta = log.state_dict()
+    restored = MistakeLog()
+    restored.load_state_dict(tensors, meta)
+    assert restored.holds_a_pass and restored.pass_start == 4
+    torch.testing.assert_close(restored.pilot_loss(), log.pilot_loss())
+    log.append(*round_inputs(seed=5))  # a fourth round evicts one of the pass's
+    assert not log.holds_a_pass
+
+
+def test_a_pass_that_does_not_fit_is_not_held():
+    log = MistakeLog(max_rounds=2)
+    log.begin_pass()
+    for seed in range(3):
+        log.append(*round_inputs(seed=seed))
+    assert not log.begin_pass()
+
+
+def test_pilot_loss_is_the_mean_cross_entropy_of_the_logged_targets():
+    input_ids, attention_mask, targets, hidden, logits = round_inputs(seed=0)
+    log = MistakeLog()
+    log.append(input_ids, attention_mask, targets, hidden, logits)
+    expected = torch.nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+    assert log.pilot_loss() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_bad_settings_and_empty_sampling():
     with pytest.raises(ValueError, match="top_k"):
         MistakeLog(top_k=0)

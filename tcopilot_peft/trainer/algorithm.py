@@ -14,6 +14,9 @@ step); `copilot_steps_factor` says for how many steps, as a multiple of the Pilo
    Pilot's optimiser and DDP's gradient hooks). No gradient of the Copilot's loss reaches the Pilot: its inputs are
    detached and the Pilot's embedding and LM head enter it as constants.
 
+On a frozen Pilot (the Copilot's phase of `"after_pilot"`), steps 1 and 2 stop once the log holds a whole epoch of
+the Pilot's rounds (`mistake_log_reuse`): they would only log the same states again.
+
 The mixin wires these into the trainer's hooks (`training_step`, `compute_loss`, `create_optimizer`, `log`; checkpoint
 saving and loading come from `CopilotCheckpointMixin`, `checkpoint.py`); a trainer using it calls `_init_copilot()` at
 the end of its `__init__`.
@@ -76,6 +79,12 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         self.copilot_start = 0
         self.copilot_steps: int | None = None
         self._captured: tuple[dict, Any] | None = None
+        # Replaying a frozen Pilot's epoch from the log (`mistake_log_reuse`): the run's update steps per epoch when
+        # it may (set with the run's length), the epoch last seen, and whether the log now replaces the Pilot.
+        self._steps_per_epoch: int | None = None
+        self._pass_epoch: int | None = None
+        self.log_replaces_pilot = False
+        self._replayed_pilot_loss = float("nan")
         self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
         # TRL's trainers keep per-mode metrics (`_metrics`) and log them; a plain `Trainer` does not, so they are kept
         # and logged here.
@@ -129,7 +138,20 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         steps = max(pilot_phase, self.copilot_start + self.copilot_steps)
         if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
             epochs = max(epochs, math.ceil(steps / per_epoch))
+        if self._may_reuse_log(epochs) and self.copilot_start >= pilot_phase:
+            # The Copilot learns only from the frozen Pilot: a whole epoch of rounds must fit between evictions.
+            self._steps_per_epoch = per_epoch
+            self.mistake_log.max_rounds = max(self.mistake_log.max_rounds, in_epoch)
         return epochs, per_epoch, examples, samples * steps // pilot_steps, batch, in_epoch, steps
+
+    def _may_reuse_log(self, epochs: int) -> bool:
+        """Whether the Mistake Log can replace a frozen Pilot once it holds an epoch (`mistake_log_reuse`)."""
+        return (
+            self.args.mistake_log_reuse
+            and self.args.mistake_log_sampling != "current"  # it trains on the round just logged
+            and self.copilot_holdout is None  # its rows are the withheld set's, drawn outside the epochs
+            and epochs != sys.maxsize  # an iterable dataset has no epochs
+        )
 
     def _create_copilot_updater(self, num_training_steps: int) -> None:
         self.copilot_updater = CopilotUpdater(
@@ -172,27 +194,52 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         if self.copilot_updater is None:
             self._create_copilot_updater(self.copilot_steps)
         step = self.state.global_step
+        copilot_learns = self.copilot_start <= step < self.copilot_start + self.copilot_steps
         if self.pilot_training != "none" and step < self.pilot_steps:
             loss = super().training_step(model, inputs, num_items_in_batch)
+        elif copilot_learns and self._replays_log(step):
+            self._freeze_pilot(model)  # an encoder-decoder Pilot's encoder runs again at replay
+            with _forked_rng():
+                self._learn_from_log()
+            loss = self._replayed_pilot_loss / self.current_gradient_accumulation_steps
+            return torch.tensor(loss, device=self.args.device)
         else:
             loss = self._frozen_pilot_step(model, inputs, num_items_in_batch)
         captured, self._captured = self._captured, None
-        if captured is not None and self.copilot_start <= step < self.copilot_start + self.copilot_steps:
-            # The Copilot's step draws random numbers (dropout in a withheld batch's or a replayed encoder's forward,
-            # in the Copilot itself); on a forked generator, so the Pilot's own draws, and its training, are exactly
-            # those of a run without a Copilot.
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
+        if captured is not None and copilot_learns:
+            with _forked_rng():
                 self._copilot_micro_step(*captured)
         return loss
 
+    def _replays_log(self, step: int) -> bool:
+        """Whether this frozen-Pilot micro-batch's Copilot step draws from the Mistake Log alone: the log holds a
+        whole epoch of the Pilot's rounds. Decided when an epoch begins (or a run resumes), alike on every process
+        (under FSDP a skipped Pilot forward would leave the others waiting in its collectives)."""
+        if self._steps_per_epoch is None:
+            return False
+        epoch = int(self.state.epoch)
+        if epoch != self._pass_epoch:
+            self._pass_epoch = epoch
+            if step == epoch * self._steps_per_epoch:  # the epoch's first micro-batch: a pass over the data begins
+                self.mistake_log.begin_pass()
+            self.log_replaces_pilot = self._on_every_process(self.mistake_log.holds_a_pass)
+            self._replayed_pilot_loss = self.mistake_log.pilot_loss()
+        return self.log_replaces_pilot
+
     def _frozen_pilot_step(self, model, inputs, num_items_in_batch) -> torch.Tensor:
         """The Pilot's forward only: it is a fixed teacher of mistakes (a Copilot-only run or phase)."""
-        model.train()
+        self._freeze_pilot(model)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         return loss.detach() / self.current_gradient_accumulation_steps
+
+    def _freeze_pilot(self, model) -> None:
+        """Training mode for the trainer (its loss reads it) and the Copilot, evaluation mode for the frozen Pilot: its
+        logged states are the ones the Copilot reads at inference (no dropout), the same in every epoch, so a logged
+        epoch can stand for the next (`mistake_log_reuse`)."""
+        model.train()
+        self.copilot_tuner.model.eval()
 
     def _copilot_micro_step(self, inputs: dict, outputs) -> None:
         """Algorithm 1 lines 9 and 13–19 for one micro-batch: log the Pilot's mistakes, learn from the log."""
@@ -200,43 +247,51 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             inputs = self._holdout_batch()
             with torch.no_grad():
                 outputs = self.model(**inputs, copilot_teacher_forcing=False)
-        if not self._finite_everywhere(outputs.loss.detach()):
+        # Under FSDP the Copilot's step gathers the Pilot's embedding and LM head, collectives every process must
+        # join, so all skip a step or none does.
+        if not self._on_every_process(bool(torch.isfinite(outputs.loss.detach()).all())):
             self._copilot_metrics["copilot_skipped_steps"].append(1.0)  # nothing non-finite enters the log
             self._maybe_step_copilot()
             return
-        tuner = self.copilot_tuner
-        targets = tuner.targets_of(inputs["labels"])
-        attention_mask = inputs.get("attention_mask")
+        targets = self.copilot_tuner.targets_of(inputs["labels"])
         self._log_mistakes(inputs, targets, outputs)
-        policy = self.args.mistake_log_sampling
+        if self.args.mistake_log_sampling != "current":
+            self._learn_from_log()
+            return
+        # Decoder-only: the tokens' mask; encoder-decoder: the encoder's, over its input ids.
+        attention_mask = inputs.get("attention_mask")
+        key_valid = (attention_mask if attention_mask is not None else torch.ones_like(inputs["input_ids"])).bool()
         with torch.enable_grad():
-            if policy == "current":
-                # Decoder-only: the tokens' mask; encoder-decoder: the encoder's, over its input ids.
-                key_valid = (
-                    attention_mask if attention_mask is not None else torch.ones_like(inputs["input_ids"])
-                ).bool()
-                _, copilot_loss = tuner.copilot_teacher_forced(
-                    outputs.copilot_memory_x,
-                    outputs.copilot_memory_h,
-                    key_valid,
-                    targets,
-                    PilotPrediction.from_logits(outputs.pilot_target_logits),
-                    loss_only=True,
-                )
-            else:
-                size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
-                copilot_loss = tuner.copilot_replay(self.mistake_log.sample(size, policy))
-            self.copilot_updater.accumulate(copilot_loss, scale=1.0 / self.current_gradient_accumulation_steps)
+            _, copilot_loss = self.copilot_tuner.copilot_teacher_forced(
+                outputs.copilot_memory_x,
+                outputs.copilot_memory_h,
+                key_valid,
+                targets,
+                PilotPrediction.from_logits(outputs.pilot_target_logits),
+                loss_only=True,
+            )
+        self._update_copilot(copilot_loss)
+
+    def _learn_from_log(self) -> None:
+        """A Copilot micro-step on rows drawn from the Mistake Log."""
+        size = self.args.mistake_log_sample_size or self.args.per_device_train_batch_size
+        with torch.enable_grad():
+            copilot_loss = self.copilot_tuner.copilot_replay(
+                self.mistake_log.sample(size, self.args.mistake_log_sampling)
+            )
+        self._update_copilot(copilot_loss)
+
+    def _update_copilot(self, copilot_loss: torch.Tensor) -> None:
+        self.copilot_updater.accumulate(copilot_loss, scale=1.0 / self.current_gradient_accumulation_steps)
         self._copilot_metrics["copilot_loss"].append(copilot_loss.detach().item())
         self._maybe_step_copilot()
 
-    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
-        """Whether the Pilot's loss is finite on every process. Under FSDP the Copilot's step gathers the Pilot's
-        embedding and LM head, collectives every process must join, so all skip a step or none does."""
-        finite = torch.isfinite(loss).all().to(torch.int32)
+    def _on_every_process(self, flag: bool) -> bool:
+        """Whether `flag` holds on every process (a collective: every process must call it at the same point)."""
+        value = torch.tensor(int(flag), device=self.args.device)
         if self.accelerator.num_processes > 1:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value)
 
     def _log_mistakes(self, inputs: dict, targets: torch.Tensor, outputs) -> None:
         """Append this forward to the Mistake Log; an encoder-decoder Pilot's rows also keep the encoder's input."""
@@ -313,6 +368,7 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             logs["mistake_log_rows"] = len(self.mistake_log)
             logs["mistake_log_bytes"] = self.mistake_log.total_bytes
             logs["mistake_log_bytes_per_token"] = self.mistake_log.bytes_per_token
+            logs["mistake_log_replay"] = float(self.log_replaces_pilot)
         if self._logs_step_metrics:
             mode, prefix = ("train", "") if self.model.training else ("eval", "eval_")
             for key, values in self._metrics[mode].items():
@@ -322,6 +378,13 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _forked_rng():
+    """The Copilot's step draws random numbers (dropout in a withheld batch's or a replayed encoder's forward, in the
+    Copilot itself); on a forked generator, so the Pilot's own draws, and its training, are exactly those of a run
+    without a Copilot."""
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else [])
 
 
 def _override_objective(config: CopilotConfig, loss: str) -> None:

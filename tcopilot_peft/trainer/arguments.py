@@ -83,6 +83,13 @@ class CopilotTrainingArguments:
             uniformly from the log, `"newest"` rows drawn with weight growing with recency.
         mistake_log_sample_size (`int`, *optional*):
             Rows per Copilot step when sampling from the log; defaults to `per_device_train_batch_size`.
+        mistake_log_reuse (`bool`, defaults to `True`):
+            In a Copilot phase on a frozen Pilot (`"after_pilot"`'s, or any with `train_pilot="none"`) the Pilot's
+            states of a training row no longer change: once the Mistake Log holds a whole epoch of them, the Copilot
+            trains from the log alone and the Pilot stops running (its reported `loss` is then the frozen Pilot's
+            mean over the log). For this the log keeps at least an epoch of rounds (`mistake_log_max_rounds` is
+            raised to it); an epoch that does not fit `mistake_log_max_bytes` runs the Pilot every step as before.
+            Not with `mistake_log_sampling="current"`, `copilot_holdout_fraction` or a dataset without a length.
         copilot_holdout_fraction (`float`, defaults to 0.0):
             Out-of-sample mistakes: this fraction of the training set is withheld from the Pilot (a seeded split),
             and the Mistake Log records the Pilot's forward on batches of it instead of on the Pilot's own batches,
@@ -125,6 +132,10 @@ class CopilotTrainingArguments:
     )
     mistake_log_sample_size: int | None = field(
         default=None, metadata={"help": "Rows per Copilot step; defaults to per_device_train_batch_size."}
+    )
+    mistake_log_reuse: bool = field(
+        default=True,
+        metadata={"help": "Once the log holds an epoch of a frozen Pilot's states, train the Copilot from it alone."},
     )
     copilot_holdout_fraction: float = field(
         default=0.0,

@@ -20,7 +20,9 @@ def main(output_dir: str) -> None:
     args = CopilotSFTConfig(
         output_dir=output_dir,
         max_steps=3,
-        copilot_steps_factor=1.0,  # a Copilot phase as long as the Pilot's: the test is about synchronisation
+        # 8 rows a process, 2 steps an epoch: the Pilot's 3 steps; the Copilot's 6 log the frozen Pilot's epoch 2
+        # (steps 4-5) whole, then replay it from the log on both processes (steps 6-8)
+        copilot_steps_factor=2.0,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         report_to=[],
@@ -31,7 +33,7 @@ def main(output_dir: str) -> None:
     trainer = CopilotSFTTrainer(
         model=get_peft_model(pilot, CopilotConfig()),
         args=args,
-        train_dataset=arithmetic_dataset(),
+        train_dataset=arithmetic_dataset(16),
         processing_class=tokenizer,
     )
     trainer.train()
@@ -44,6 +46,8 @@ def main(output_dir: str) -> None:
         "copilot_sum": copilot.double().sum().item(),
         "lora_sum": lora.double().sum().item(),
         "log_rows": len(trainer.mistake_log),
+        "replaying": trainer.log_replaces_pilot,
+        "step": trainer.state.global_step,
         "first_logged_ids": trainer.mistake_log.rounds[0][0].input_ids.tolist(),
     }
     Path(output_dir, f"rank{trainer.args.process_index}.json").write_text(json.dumps(report))

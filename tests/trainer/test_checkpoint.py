@@ -14,7 +14,9 @@ from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
 TOKENIZER = char_tokenizer()
 
 
-def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str = "after_pilot", factor: float = 1.0):
+def make_trainer(
+    output_dir, lora: bool, policy: str = "uniform", schedule: str = "after_pilot", factor: float = 1.0, rows: int = 64
+):
     pilot = tiny_pilot(vocab_size=len(TOKENIZER))
     if lora:
         pilot = get_peft_model(pilot, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -36,7 +38,7 @@ def make_trainer(output_dir, lora: bool, policy: str = "uniform", schedule: str 
     return CopilotSFTTrainer(
         model=get_peft_model(pilot, CopilotConfig()),
         args=args,
-        train_dataset=arithmetic_dataset(),
+        train_dataset=arithmetic_dataset(rows),
         processing_class=TOKENIZER,
     )
 
@@ -46,17 +48,20 @@ def trainable_state(trainer):
 
 
 @pytest.mark.parametrize(
-    ("lora", "policy", "schedule", "factor", "step"),
+    ("lora", "policy", "schedule", "factor", "rows", "step"),
     [
-        (True, "uniform", "after_pilot", 1.0, 3),  # inside the Pilot's phase
-        (True, "uniform", "after_pilot", 1.0, 9),  # inside the Copilot's phase
-        (False, "newest", "after_pilot", 1.0, 9),
-        (False, "newest", "joint", 1.0, 3),
-        (True, "uniform", "after_pilot", 1.5, 12),  # inside a Copilot phase longer than the Pilot's
+        (True, "uniform", "after_pilot", 1.0, 64, 3),  # inside the Pilot's phase
+        (True, "uniform", "after_pilot", 1.0, 64, 9),  # inside the Copilot's phase
+        (False, "newest", "after_pilot", 1.0, 64, 9),
+        (False, "newest", "joint", 1.0, 64, 3),
+        (True, "uniform", "after_pilot", 1.5, 64, 12),  # inside a Copilot phase longer than the Pilot's
+        # 4 steps an epoch: the frozen Pilot's epoch 2 (steps 8-11) is logged whole and replayed from step 12 on
+        (True, "uniform", "after_pilot", 1.5, 16, 9),  # resumed inside the logged epoch
+        (True, "uniform", "after_pilot", 1.5, 16, 12),  # resumed where the replay begins
     ],
 )
-def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, schedule, factor, step):
-    full = make_trainer(tmp_path / "full", lora, policy, schedule, factor)
+def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, schedule, factor, rows, step):
+    full = make_trainer(tmp_path / "full", lora, policy, schedule, factor, rows)
     full.train()
     checkpoint = tmp_path / "full" / f"checkpoint-{step}"
     names = set(os.listdir(checkpoint))
@@ -64,9 +69,10 @@ def test_resume_ends_where_the_uninterrupted_run_ends(tmp_path, lora, policy, sc
     if not lora:
         assert "pilot" in names  # a fully fine-tuned Pilot is checkpointed beside the adapter
 
-    resumed = make_trainer(tmp_path / "resumed", lora, policy, schedule, factor)
+    resumed = make_trainer(tmp_path / "resumed", lora, policy, schedule, factor, rows)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert len(resumed.mistake_log) == len(full.mistake_log)
+    assert resumed.mistake_log.holds_a_pass == full.mistake_log.holds_a_pass == (rows == 16)
     expected, actual = trainable_state(full), trainable_state(resumed)
     assert expected.keys() == actual.keys()
     for name in expected:

@@ -6,7 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from tcopilot_peft import CopilotConfig, CopilotSFTConfig, CopilotSFTTrainer
-from tests.conftest import arithmetic_dataset, char_tokenizer, tiny_pilot
+from tests.conftest import QUANTIZABLE_WIDTH, arithmetic_dataset, char_tokenizer, tiny_pilot
 
 
 TOKENIZER = char_tokenizer()
@@ -227,7 +227,8 @@ def test_conversational_dataset(tmp_path):
 def test_qlora_pilot_on_cpu(tmp_path):
     from transformers import BitsAndBytesConfig, LlamaForCausalLM
 
-    pilot().save_pretrained(tmp_path / "pilot")
+    # The frozen Pilot's phase runs bitsandbytes' inference path, which needs quantizable widths.
+    tiny_pilot(vocab_size=len(TOKENIZER), hidden_size=QUANTIZABLE_WIDTH).save_pretrained(tmp_path / "pilot")
     quantized = LlamaForCausalLM.from_pretrained(
         tmp_path / "pilot", quantization_config=BitsAndBytesConfig(load_in_4bit=True)
     )
@@ -417,3 +418,61 @@ def test_two_phase_recipe_trains_a_copilot_on_a_finished_lora_pilot(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-6)
+
+
+def _count_pilot_forwards(model) -> list[int]:
+    calls = [0]
+    model.base_model.model.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pilot_forwards", "replayed_steps"),
+    [
+        ({}, 4, 8),  # a whole epoch (4 rounds of 4 rows) logged in epoch 0; epochs 1 and 2 replay it
+        ({"mistake_log_reuse": False}, 12, 0),
+        ({"mistake_log_max_bytes": 8_000}, 12, 0),  # an epoch does not fit the byte budget: the Pilot keeps running
+        ({"mistake_log_sampling": "current"}, 12, 0),
+    ],
+)
+def test_once_the_log_holds_an_epoch_of_a_frozen_pilot_the_pilot_stops_running(
+    tmp_path, overrides, pilot_forwards, replayed_steps
+):
+    """The frozen Pilot's states do not change from epoch to epoch: once the Mistake Log holds every row of one, the
+    Copilot learns from it alone for the rest of its steps (its schedule unchanged) and the Pilot no longer runs."""
+    model = get_peft_model(pilot(), CopilotConfig())
+    forwards = _count_pilot_forwards(model)
+    args = copilot_args(tmp_path, max_steps=12, logging_steps=1, train_pilot="none", **overrides)
+    trainer = train(model, args, dataset=arithmetic_dataset(16))
+    assert forwards[0] == pilot_forwards
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [e["mistake_log_replay"] for e in logged] == [0.0] * (12 - replayed_steps) + [1.0] * replayed_steps
+    assert trainer.copilot_updater.scheduler.last_epoch == 12
+    if replayed_steps:
+        assert len(trainer.mistake_log) == 16 and trainer.mistake_log.max_rounds == 128
+        first_epoch = [e["loss"] for e in logged[:4]]  # the frozen Pilot's loss, now its mean over the log
+        assert logged[-1]["loss"] == pytest.approx(sum(first_epoch) / 4, rel=0.05)
+
+
+def test_after_the_pilot_the_log_replaces_it_from_the_copilots_second_epoch(tmp_path):
+    model = get_peft_model(pilot(), CopilotConfig())
+    forwards = _count_pilot_forwards(model)
+    trainer = train(model, copilot_args(tmp_path, max_steps=4), dataset=arithmetic_dataset(16))
+    assert trainer.state.global_step == 20 and trainer.copilot_updater.scheduler.last_epoch == 16
+    assert forwards[0] == 4 + 4  # the Pilot's epoch of training, then one epoch of logging its finished self
+
+
+def test_a_frozen_pilot_is_logged_without_dropout_the_same_in_every_epoch(tmp_path):
+    """The Copilot reads the Pilot's evaluation-mode states at inference, so that is what a frozen Pilot logs: the
+    same row logged in two epochs is the same, though the Pilot's LoRA (trained: B is not zero) has dropout."""
+    lora = get_peft_model(
+        pilot(), LoraConfig(r=4, lora_dropout=0.5, init_lora_weights=False, target_modules=["q_proj", "v_proj"])
+    )
+    args = copilot_args(tmp_path, max_steps=8, train_pilot="none", mistake_log_reuse=False)
+    trainer = train(get_peft_model(lora, CopilotConfig()), args, dataset=arithmetic_dataset(16))
+    rows = [row for rows in trainer.mistake_log.rounds for row in rows]
+    assert len(rows) == 32
+    first = {tuple(row.input_ids.tolist()): row for row in rows[:16]}
+    for row in rows[16:]:
+        again = first[tuple(row.input_ids.tolist())]
+        assert torch.equal(row.hidden, again.hidden) and torch.equal(row.gold_log_probs, again.gold_log_probs)

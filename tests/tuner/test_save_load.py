@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from tcopilot_peft import CopilotConfig
-from tests.conftest import randomise_copilot, tiny_pilot
+from tests.conftest import QUANTIZABLE_WIDTH, randomise_copilot, tiny_pilot
 
 
 def trained_looking_copilot(pilot, **config):
@@ -18,9 +18,6 @@ def trained_looking_copilot(pilot, **config):
 
 
 IDS = torch.randint(3, 97, (2, 7), generator=torch.Generator().manual_seed(0))
-# On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights for inference in blocks of 64 input features, and crashes on
-# narrower layers; quantized Pilots in these tests are that wide.
-QUANTIZABLE_WIDTH = 64
 
 
 def test_save_writes_safetensors_with_only_copilot_weights(tmp_path):
