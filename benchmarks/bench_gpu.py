@@ -9,7 +9,9 @@ default objective, hence logit fusion). Measured, Pilot alone (`with model.disab
   tokens/s counts the returned sequences' new tokens, batch × new tokens, not beams);
 * one forward pass over 8×512 tokens;
 * a training step, CopilotSFTTrainer against TRL's SFTTrainer (random tokens, 8×512, bf16; the bf16 form trains all
-  Pilot weights, the NF4 form its LoRA), beside the Copilot's analytic FLOP share (`tcopilot_peft/costs.py`);
+  Pilot weights, the NF4 form its LoRA), beside the Copilot's analytic FLOP share (`tcopilot_peft/costs.py`); and
+  the step most of the default schedule's Copilot phase takes, the Copilot learning from the Mistake Log alone on a
+  frozen Pilot (`mistake_log_reuse`: a Copilot-only run whose epoch is two batches, timed from its second epoch);
 * peak GPU memory of each measurement (torch.cuda.max_memory_allocated, reset before each);
 * correctness on small Pilots (2 layers, vocab 32,000): cached == uncached generated tokens (greedy and 4-beam; fp32,
   bf16 and NF4, each beside the Pilot alone), and fused logits on CUDA against the same model on the CPU.
@@ -495,10 +497,18 @@ class TimedSteps(StepTimer):
             control.should_training_stop = True
 
 
-def train_arm(directory: Path, form: str, vocab: int, copilot: int | None, plan: Plan, args, budget) -> dict:
+# The from-log arm's epoch is this many batches: its first epoch logs the frozen Pilot, the rest replay the log.
+FROM_LOG_EPOCH_STEPS = 2
+
+
+def train_arm(
+    directory: Path, form: str, vocab: int, copilot: int | None, plan: Plan, args, budget, from_log: bool = False
+) -> dict:
     """Median step time and peak memory of SFTTrainer (copilot=None) or CopilotSFTTrainer with a Copilot of
-    `copilot` layers, on a freshly loaded Pilot."""
+    `copilot` layers, on a freshly loaded Pilot: a joint step, or with `from_log` a Copilot step from the Mistake Log
+    alone (a Copilot-only run, timed once the log holds an epoch; None if it never did)."""
     shape = SimpleNamespace(steps=plan.train_steps, batch_size=plan.train_batch, length=plan.train_length, vocab=vocab)
+    rows = SimpleNamespace(**{**vars(shape), "steps": FROM_LOG_EPOCH_STEPS - 1}) if from_log else shape
     settings = {
         **common_settings(shape),
         "output_dir": str(args.workdir / "trainer"),
@@ -513,20 +523,28 @@ def train_arm(directory: Path, form: str, vocab: int, copilot: int | None, plan:
         model = get_peft_model(model, CopilotConfig(num_layers=copilot))
         trainer_cls, config_cls = CopilotSFTTrainer, CopilotSFTConfig
         # A joint step (Pilot and Copilot both learn), the step the FLOP share describes; the default schedule's
-        # steps are a plain Pilot step, then a Pilot forward and a Copilot step (bench_training.py times both).
-        settings["copilot_schedule"] = "joint"
+        # steps are a plain Pilot step, then a Pilot forward and a Copilot step until the log holds an epoch, then a
+        # Copilot step alone (`from_log`; bench_training.py times each on a CPU).
+        if from_log:  # at least two replayed steps: one to warm up, one timed
+            settings.update(train_pilot="none", max_steps=max(plan.train_steps, FROM_LOG_EPOCH_STEPS + 2))
+        else:
+            settings["copilot_schedule"] = "joint"
     timer = TimedSteps(budget)
     trainer = trainer_cls(
         model=model,
         args=config_cls(**settings),
-        train_dataset=synthetic_dataset(shape),
+        train_dataset=synthetic_dataset(rows),
         processing_class=char_tokenizer(),
         callbacks=[timer],
     )
     reset_peak()
     trainer.train()
     peak = peak_gib()
-    timed = timer.times[plan.train_warmup :]
+    if from_log:  # from the second replayed step on (the first warms up)
+        replayed = getattr(trainer, "log_replaces_pilot", False)
+        timed = timer.times[FROM_LOG_EPOCH_STEPS + 1 :] if replayed else []
+    else:
+        timed = timer.times[plan.train_warmup :]
     costs = flop_costs(model) if copilot is not None else None
     del trainer, model
     free_memory()
@@ -546,6 +564,7 @@ def training(directory: Path, pilot_name: str, form: str, vocab: int, plan: Plan
             continue
         with budget.unit("train"):
             arm = train_arm(directory, form, vocab, layers, plan, args, budget)
+            from_log = train_arm(directory, form, vocab, layers, plan, args, budget, from_log=True)
         if plain["step_s"] is None or arm["step_s"] is None:
             report.add("skipped", {"what": f"{pilot_name} {form} training, Copilot {name}", "why": "no timed step"})
             continue
@@ -561,6 +580,7 @@ def training(directory: Path, pilot_name: str, form: str, vocab: int, plan: Plan
                 "copilot_layers": layers,
                 "plain_step_ms": plain["step_s"] * 1e3,
                 "copilot_step_ms": arm["step_s"] * 1e3,
+                "from_log_step_ms": None if from_log["step_s"] is None else from_log["step_s"] * 1e3,
                 "steps_timed": min(plain["steps_timed"], arm["steps_timed"]),
                 "ratio": arm["step_s"] / plain["step_s"],
                 "overhead": overhead,
@@ -743,15 +763,18 @@ def _training_lines(data: dict) -> list[str]:
         "## Training step (SFTTrainer vs CopilotSFTTrainer)",
         "",
         "| Pilot | form | Pilot trains | Copilot | SFTTrainer step | CopilotSFTTrainer step | ratio | FLOP share "
-        "| target overhead | result | peak GiB plain | peak GiB Copilot |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target overhead | result | Copilot step from the log (frozen Pilot) | peak GiB plain | peak GiB Copilot |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["training"]:
+        from_log = row.get("from_log_step_ms")  # absent from reports written before it was measured
+        from_log = "n/a" if from_log is None else f"{from_log:.0f} ms ({from_log / row['plain_step_ms']:.2f}×)"
         lines.append(
             f"| {row['pilot']} | {row['form']} | {row['pilot_trains']} | {row['copilot']} ({row['copilot_layers']} "
             f"layers) | {row['plain_step_ms']:.0f} ms | {row['copilot_step_ms']:.0f} ms | {row['ratio']:.2f}× "
             f"({row['overhead']:+.0%}) | {row['flop_share']:.0%} | ≤ {row['target_overhead']:.0%} | "
-            f"{'met' if row['met'] else 'NOT met'} | {_gib(row['plain_peak_gib'])} | {_gib(row['copilot_peak_gib'])} |"
+            f"{'met' if row['met'] else 'NOT met'} | {from_log} | {_gib(row['plain_peak_gib'])} | "
+            f"{_gib(row['copilot_peak_gib'])} |"
         )
     if data["skipped"] or data["errors"]:
         lines += ["", "## Not measured", ""]

@@ -26,6 +26,7 @@ def test_bench_gpu_smoke_runs_end_to_end(tmp_path):
     assert {(row["pilot"], row["form"]) for row in data["training"]} == {
         (pilot, form) for pilot in ("Llama-tiny", "Qwen2-tiny") for form in ("bf16", "nf4+lora")
     }
+    assert all(row["from_log_step_ms"] > 0 for row in data["training"])  # the Copilot step from the log, timed
     assert {row["copilot"] for row in data["inference"]} == {"1/8", "1/4"}
     assert not [row for row in data["correctness"] if row["status"] == "FAIL"]
     assert len(data["targets"]) == len(data["training"]) + sum(
