@@ -17,12 +17,13 @@ A dense |V|-sized ℓ is never stored. The buffer is bounded by rounds (default 
 the oldest rounds go first. Everything lives on the CPU, detached.
 
 Passes: the trainer marks where each pass over the training data (an epoch) begins (`begin_pass`). Once the log
-holds every round of one whole pass of a Pilot that no longer changes (`holds_a_pass`), it is the Copilot's whole
-training set, and the trainer stops running the Pilot (`CopilotSFTConfig.mistake_log_reuse`).
+holds every round of one whole pass of a Pilot that no longer changes (`holds_a_pass`; then nothing else: older
+rounds are dropped, so no row is there twice), it is the Copilot's whole training set, and the trainer stops running
+the Pilot (`CopilotSFTConfig.mistake_log_reuse`).
 
-API: `append(...)`, `sample(batch_size, policy)`, `begin_pass()`, `holds_a_pass`, `pilot_loss()`,
-`bytes_per_token`, `total_bytes`, `state_dict()` /
-`load_state_dict()` (safetensors-compatible tensors plus JSON-able metadata, for checkpoints).
+API: `append(...)`, `sample(batch_size, policy)`, `begin_pass(rounds)`, `holds_a_pass`, `bound_rounds(n)`,
+`pilot_loss()`, `bytes_per_token`, `total_bytes`, `state_dict()` / `load_state_dict()` (safetensors-compatible
+tensors plus JSON-able metadata, for checkpoints).
 """
 
 from __future__ import annotations
@@ -141,18 +142,27 @@ class MistakeLog:
 
     # ------------------------------------------------------------------ writing
 
-    def begin_pass(self) -> bool:
+    def begin_pass(self, rounds_per_pass: int) -> str:
         """Mark the start of a pass over the training data, ending the one before it.
 
+        Args:
+            rounds_per_pass (`int`): the rounds a whole pass appends (micro-batches per epoch, on this process).
+
         Returns:
-            `bool`: whether the log holds every round of a whole pass: none of the rounds appended since the pass
-            that ends here began has been evicted (nor anything since an earlier pass was found whole).
+            `str`, what became of the pass that ends here: `"held"` (all its rounds were appended and are all in the
+            log, which now keeps only them: `holds_a_pass`), `"too_large"` (all were appended, but the log's bounds
+            evicted some: a pass does not fit), or `"partial"` (none was begun, or it lacks rounds: it began
+            mid-epoch, or rounds with non-finite values were refused).
         """
-        evicted = self.appended_rounds - len(self.rounds)  # rounds leave oldest first
-        if self.pass_start is not None and evicted <= self.pass_start:
-            self.holds_a_pass = True
-        self.pass_start = self.appended_rounds
-        return self.holds_a_pass
+        ended, self.pass_start = self.pass_start, self.appended_rounds
+        if ended is None or self.appended_rounds - ended != rounds_per_pass:
+            return "partial"
+        if self.appended_rounds - len(self.rounds) > ended:  # rounds leave oldest first
+            return "too_large"
+        while len(self.rounds) > rounds_per_pass:  # the tail of an earlier epoch: its rows are in the pass again
+            self._drop_oldest()
+        self.holds_a_pass = True
+        return "held"
 
     @torch.no_grad()
     def append(
@@ -219,12 +229,20 @@ class MistakeLog:
             self._evict()
         return rows
 
+    def bound_rounds(self, max_rounds: int) -> None:
+        """Keep at most `max_rounds` rounds from now on; the oldest beyond them go now."""
+        self.max_rounds = max_rounds
+        self._evict()
+
     def _evict(self) -> None:
         while len(self.rounds) > self.max_rounds or self.total_bytes > self.max_bytes:
-            dropped = self.rounds.popleft()
-            self.holds_a_pass = False  # conservatively: the dropped round may have belonged to it
-            self.total_bytes -= sum(row.nbytes for row in dropped)
-            self.total_tokens -= sum(len(row.input_ids) for row in dropped)
+            self._drop_oldest()
+            self.holds_a_pass = False  # the dropped round may have belonged to the held pass
+
+    def _drop_oldest(self) -> None:
+        dropped = self.rounds.popleft()
+        self.total_bytes -= sum(row.nbytes for row in dropped)
+        self.total_tokens -= sum(len(row.input_ids) for row in dropped)
 
     # ------------------------------------------------------------------ reading
 

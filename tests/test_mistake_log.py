@@ -107,28 +107,36 @@ def test_state_dict_round_trip_is_exact_including_the_sampler():
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.hidden, b.hidden)
 
 
-def test_a_pass_is_held_when_none_of_its_rounds_was_evicted():
-    log = MistakeLog(max_rounds=3)
-    log.append(*round_inputs(seed=0))  # before any pass began: not part of one
-    assert not log.begin_pass()
+def test_a_whole_pass_is_held_alone_and_survives_a_checkpoint():
+    log = MistakeLog(max_rounds=4)
+    log.append(*round_inputs(seed=0))  # the tail of an epoch begun before the log was: not part of a pass
+    assert log.begin_pass(3) == "partial"
     for seed in range(3):
         log.append(*round_inputs(seed=seed))
-    assert log.begin_pass()  # the pass's 3 rounds are all there (the round before it was evicted)
+    assert log.begin_pass(3) == "held" and log.holds_a_pass
+    assert len(log.rounds) == 3  # the earlier round, whose rows are in the pass again, is gone
     tensors, meta = log.state_dict()
     restored = MistakeLog()
     restored.load_state_dict(tensors, meta)
-    assert restored.holds_a_pass and restored.pass_start == 4
+    assert restored.holds_a_pass and restored.pass_start == 4 and restored.total_bytes == log.total_bytes
     torch.testing.assert_close(restored.pilot_loss(), log.pilot_loss())
-    log.append(*round_inputs(seed=5))  # a fourth round evicts one of the pass's
+    for seed in range(2):  # rounds appended after it evict one of its rounds
+        log.append(*round_inputs(seed=seed))
     assert not log.holds_a_pass
 
 
-def test_a_pass_that_does_not_fit_is_not_held():
+def test_a_pass_that_does_not_fit_or_lacks_rounds_is_not_held():
     log = MistakeLog(max_rounds=2)
-    log.begin_pass()
+    log.begin_pass(3)
     for seed in range(3):
         log.append(*round_inputs(seed=seed))
-    assert not log.begin_pass()
+    assert log.begin_pass(3) == "too_large" and not log.holds_a_pass
+    log.bound_rounds(8)
+    for seed in range(2):  # a round of the pass was refused (non-finite values), say
+        log.append(*round_inputs(seed=seed))
+    assert log.begin_pass(3) == "partial" and not log.holds_a_pass
+    log.bound_rounds(1)
+    assert len(log.rounds) == 1
 
 
 def test_pilot_loss_is_the_mean_cross_entropy_of_the_logged_targets():

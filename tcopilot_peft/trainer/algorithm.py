@@ -79,12 +79,9 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         self.copilot_start = 0
         self.copilot_steps: int | None = None
         self._captured: tuple[dict, Any] | None = None
-        # Replaying a frozen Pilot's epoch from the log (`mistake_log_reuse`): the run's update steps per epoch when
-        # it may (set with the run's length), the epoch last seen, and whether the log now replaces the Pilot.
-        self._steps_per_epoch: int | None = None
-        self._pass_epoch: int | None = None
-        self.log_replaces_pilot = False
-        self._replayed_pilot_loss = float("nan")
+        # Replaying a frozen Pilot's epoch from the log (`mistake_log_reuse`): set with the run's length
+        # (`set_initial_training_values`).
+        self._reset_replay(None)
         self._copilot_metrics: dict[str, list[float]] = defaultdict(list)
         # TRL's trainers keep per-mode metrics (`_metrics`) and log them; a plain `Trainer` does not, so they are kept
         # and logged here.
@@ -138,20 +135,31 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         steps = max(pilot_phase, self.copilot_start + self.copilot_steps)
         if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
             epochs = max(epochs, math.ceil(steps / per_epoch))
+        self._reset_replay(None)
         if self._may_reuse_log(epochs) and self.copilot_start >= pilot_phase:
             # The Copilot learns only from the frozen Pilot: a whole epoch of rounds must fit between evictions.
-            self._steps_per_epoch = per_epoch
-            self.mistake_log.max_rounds = max(self.mistake_log.max_rounds, in_epoch)
+            self._reset_replay(in_epoch)
+            self.mistake_log.bound_rounds(max(self.args.mistake_log_max_rounds, in_epoch))
         return epochs, per_epoch, examples, samples * steps // pilot_steps, batch, in_epoch, steps
 
     def _may_reuse_log(self, epochs: int) -> bool:
         """Whether the Mistake Log can replace a frozen Pilot once it holds an epoch (`mistake_log_reuse`)."""
         return (
             self.args.mistake_log_reuse
-            and self.args.mistake_log_sampling != "current"  # it trains on the round just logged
+            # Not "current", which trains on the round just logged, nor "newest", which would weigh a held epoch's
+            # last rounds most for the rest of the run.
+            and self.args.mistake_log_sampling == "uniform"
             and self.copilot_holdout is None  # its rows are the withheld set's, drawn outside the epochs
             and epochs != sys.maxsize  # an iterable dataset has no epochs
         )
+
+    def _reset_replay(self, rounds_per_epoch: int | None) -> None:
+        """Replay state of a run: the micro-batches of an epoch on this process when the log may replace the Pilot
+        (else None), the epoch last seen, and whether the log now replaces the Pilot."""
+        self._rounds_per_epoch = rounds_per_epoch
+        self._pass_epoch: int | None = None
+        self.log_replaces_pilot = False
+        self._replayed_pilot_loss = float("nan")
 
     def _create_copilot_updater(self, num_training_steps: int) -> None:
         self.copilot_updater = CopilotUpdater(
@@ -197,7 +205,7 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         copilot_learns = self.copilot_start <= step < self.copilot_start + self.copilot_steps
         if self.pilot_training != "none" and step < self.pilot_steps:
             loss = super().training_step(model, inputs, num_items_in_batch)
-        elif copilot_learns and self._replays_log(step):
+        elif copilot_learns and self._replays_log():
             self._freeze_pilot(model)  # an encoder-decoder Pilot's encoder runs again at replay
             with _forked_rng():
                 self._learn_from_log()
@@ -211,28 +219,46 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
                 self._copilot_micro_step(*captured)
         return loss
 
-    def _replays_log(self, step: int) -> bool:
+    def _replays_log(self) -> bool:
         """Whether this frozen-Pilot micro-batch's Copilot step draws from the Mistake Log alone: the log holds a
         whole epoch of the Pilot's rounds. Decided when an epoch begins (or a run resumes), alike on every process
         (under FSDP a skipped Pilot forward would leave the others waiting in its collectives)."""
-        if self._steps_per_epoch is None:
+        if self._rounds_per_epoch is None:
             return False
         epoch = int(self.state.epoch)
         if epoch != self._pass_epoch:
             self._pass_epoch = epoch
-            if step == epoch * self._steps_per_epoch:  # the epoch's first micro-batch: a pass over the data begins
-                self.mistake_log.begin_pass()
+            # `state.epoch` is whole only between epochs (mid-epoch it counts the micro-batches done): a pass begins.
+            if self.state.epoch == epoch and not self._begin_pass():
+                return False
             self.log_replaces_pilot = self._on_every_process(self.mistake_log.holds_a_pass)
             self._replayed_pilot_loss = self.mistake_log.pilot_loss()
         return self.log_replaces_pilot
+
+    def _begin_pass(self) -> bool:
+        """Start the log's next pass; False when an epoch proved too large for it on any process: then the run gives
+        up replaying, and the log goes back to the configured bounds."""
+        too_large = self.mistake_log.begin_pass(self._rounds_per_epoch) == "too_large"
+        if self._on_every_process(not too_large):
+            return True
+        self._reset_replay(None)
+        self.mistake_log.bound_rounds(self.args.mistake_log_max_rounds)
+        return False
 
     def _frozen_pilot_step(self, model, inputs, num_items_in_batch) -> torch.Tensor:
         """The Pilot's forward only: it is a fixed teacher of mistakes (a Copilot-only run or phase)."""
         self._freeze_pilot(model)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        return loss.detach() / self.current_gradient_accumulation_steps
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch).detach()
+        # Reported as the base trainer's step reports it: a loss normalised by the whole accumulated batch's token
+        # count (`num_items_in_batch`) is already a share of the step's.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or bool(
+                self.compute_loss_func
+            )
+        return loss if scaled else loss / self.current_gradient_accumulation_steps
 
     def _freeze_pilot(self, model) -> None:
         """Training mode for the trainer (its loss reads it) and the Copilot, evaluation mode for the frozen Pilot: its

@@ -88,8 +88,9 @@ class CopilotTrainingArguments:
             states of a training row no longer change: once the Mistake Log holds a whole epoch of them, the Copilot
             trains from the log alone and the Pilot stops running (its reported `loss` is then the frozen Pilot's
             mean over the log). For this the log keeps at least an epoch of rounds (`mistake_log_max_rounds` is
-            raised to it); an epoch that does not fit `mistake_log_max_bytes` runs the Pilot every step as before.
-            Not with `mistake_log_sampling="current"`, `copilot_holdout_fraction` or a dataset without a length.
+            raised to it); once an epoch proves larger than `mistake_log_max_bytes`, the configured bound returns
+            and the Pilot runs every step as before. Only with `mistake_log_sampling="uniform"`, without
+            `copilot_holdout_fraction`, on a dataset with a length.
         copilot_holdout_fraction (`float`, defaults to 0.0):
             Out-of-sample mistakes: this fraction of the training set is withheld from the Pilot (a seeded split),
             and the Mistake Log records the Pilot's forward on batches of it instead of on the Pilot's own batches,

@@ -75,6 +75,8 @@ class CopilotCheckpointMixin:
                 meta = json.load(handle)
             log = MistakeLog(seed=self.args.seed + self.args.process_index)
             log.load_state_dict(load_file(log_path + ".safetensors"), meta)
+            # A log saved before it could hold an epoch for replay (`mistake_log_reuse`) keeps this run's bound.
+            log.max_rounds = max(log.max_rounds, self.mistake_log.max_rounds)
             width = self.copilot_tuner.active_network.config.memory_size
             if log.rounds and log.rounds[0][0].hidden.shape[-1] != width:
                 raise ValueError(f"its rows hold states of width {log.rounds[0][0].hidden.shape[-1]}, not {width}.")
