@@ -135,10 +135,10 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
         steps = max(pilot_phase, self.copilot_start + self.copilot_steps)
         if epochs != sys.maxsize:  # an iterable dataset's run is bounded by steps alone
             epochs = max(epochs, math.ceil(steps / per_epoch))
-        self._reset_replay(None)
-        if self._may_reuse_log(epochs) and self.copilot_start >= pilot_phase:
-            # The Copilot learns only from the frozen Pilot: a whole epoch of rounds must fit between evictions.
-            self._reset_replay(in_epoch)
+        # The log may replace the Pilot where the Copilot learns only from the frozen Pilot.
+        reuse = self._may_reuse_log(epochs) and self.copilot_start >= pilot_phase
+        self._reset_replay(in_epoch if reuse else None)
+        if reuse:  # a whole epoch of rounds must fit between evictions
             self.mistake_log.bound_rounds(max(self.args.mistake_log_max_rounds, in_epoch))
         return epochs, per_epoch, examples, samples * steps // pilot_steps, batch, in_epoch, steps
 
@@ -231,8 +231,10 @@ class CopilotTrainerMixin(CopilotCheckpointMixin):
             # `state.epoch` is whole only between epochs (mid-epoch it counts the micro-batches done): a pass begins.
             if self.state.epoch == epoch and not self._begin_pass():
                 return False
-            self.log_replaces_pilot = self._on_every_process(self.mistake_log.holds_a_pass)
-            self._replayed_pilot_loss = self.mistake_log.pilot_loss()
+            replaying = self._on_every_process(self.mistake_log.holds_a_pass)
+            if replaying and not self.log_replaces_pilot:  # the log no longer changes: its Pilot loss neither
+                self._replayed_pilot_loss = self.mistake_log.pilot_loss()
+            self.log_replaces_pilot = replaying
         return self.log_replaces_pilot
 
     def _begin_pass(self) -> bool:
